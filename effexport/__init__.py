@@ -1,0 +1,3 @@
+"""effexport: verified deployment artifacts for efficient CNN image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,47 @@
+"""One exception hierarchy. The CLI turns each into one line and the documented exit code."""
+
+from __future__ import annotations
+
+
+class EffexportError(Exception):
+    """Base of every error effexport raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(EffexportError):
+    """Bad input from the user: an unknown recipe, an unsupported option value."""
+
+    exit_code = 2
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be read safely or does not match the model."""
+
+
+class ParityError(EffexportError):
+    """An artifact does not compute the same function as the PyTorch model."""
+
+    exit_code = 3
+
+
+class MissingDependencyError(EffexportError):
+    """An optional package, runtime or device is absent."""
+
+    exit_code = 4
+
+
+class ExportError(EffexportError):
+    """A stage failed to produce a valid artifact (exporter error, checker failure, forbidden node)."""
+
+    exit_code = 5
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "internal error (a bug: the traceback is printed)",
+    UsageError.exit_code: "bad input: unknown recipe, bad option, unreadable or mismatched checkpoint",
+    ParityError.exit_code: "parity failure: an artifact differs from PyTorch beyond the tolerance",
+    MissingDependencyError.exit_code: "missing optional dependency, runtime or device",
+    ExportError.exit_code: "export or build failure: the artifact could not be produced or failed its checks",
+}

@@ -1,0 +1,77 @@
+"""Artifact folders and atomic writes: a failed or interrupted run leaves no half-written file.
+
+Files are produced in a hidden staging folder beside their destination and moved into place with
+os.replace (atomic on one filesystem) only once every check has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("effexport-out")
+
+
+def recipe_dir(out: Path, recipe_name: str) -> Path:
+    """`<out>/<recipe>`; `timm:` names become a safe folder name."""
+    return Path(out) / recipe_name.replace(":", "-").replace("/", "-")
+
+
+def write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Staging:
+    """A staging folder inside `dest`; `publish` moves finished files into `dest` atomically one by one."""
+
+    def __init__(self, dest: Path):
+        self.dest = Path(dest)
+
+    def __enter__(self) -> Staging:
+        self.dest.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.dest))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def publish(self, names: Iterable[str]) -> list[Path]:
+        # Data files first, so a model file never points at data that is not yet in place.
+        ordered = sorted(names, key=lambda n: not n.endswith(".data"))
+        published = []
+        for name in ordered:
+            os.replace(self.path / name, self.dest / name)
+            published.append(self.dest / name)
+        return published

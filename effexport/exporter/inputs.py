@@ -1,0 +1,114 @@
+"""Model inputs: the recipe's preprocessing of real photographs, and image-like synthetic inputs.
+
+Parity is checked on inputs shaped like preprocessed photographs, not only N(0, 1) noise: photographs have
+smooth regions, edges and a skewed value range that noise does not, and quantization and reduced precision
+fail on exactly those.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
+
+from effexport.errors import UsageError
+from effexport.recipes import Preprocess
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "calibration" / "images"
+PARITY_SAMPLES = 16
+
+
+def make_transform(pp: Preprocess):
+    """timm's eval transform for `pp` (resize short side, center crop, to tensor, normalize)."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=(3, *pp.crop_size), interpolation=pp.interpolation, mean=pp.mean,
+                            std=pp.std, crop_pct=pp.crop_pct, crop_mode="center", is_training=False)
+
+
+def preprocess_images(images: list[Image.Image], pp: Preprocess) -> np.ndarray:
+    """Apply the recipe's preprocessing; returns float32 NCHW."""
+    transform = make_transform(pp)
+    if not images:
+        return np.zeros((0, 3, *pp.crop_size), dtype=np.float32)
+    return np.stack([transform(im.convert("RGB")).numpy() for im in images]).astype(np.float32)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, in a stable order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@dataclass
+class ImageSet:
+    images: list[Image.Image]
+    names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+
+def read_images(paths: list[Path], root: Path | None = None) -> ImageSet:
+    """Open images, skipping (and recording) unreadable or corrupt files."""
+    out = ImageSet([], [])
+    for path in paths:
+        name = str(path.relative_to(root)) if root else path.name
+        try:
+            with Image.open(path) as im:
+                im.load()
+                out.images.append(im.convert("RGB"))
+                out.names.append(name)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            out.skipped.append((name, f"{type(exc).__name__}: {str(exc)[:120]}"))
+            log.warning("skipped unreadable image %s: %s", name, exc)
+    return out
+
+
+def builtin_images() -> ImageSet:
+    """The real photographs shipped with the package (licences in calibration/images/LICENSES.md)."""
+    return read_images(image_files(BUILTIN_DIR), BUILTIN_DIR)
+
+
+def synthetic_images(n: int, size: int = 256, seed: int = 0) -> list[Image.Image]:
+    """Deterministic image-like pictures: smooth colour fields, shapes with edges, texture and noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        coarse = rng.uniform(0, 255, size=(4 + rng.integers(0, 5), 4 + rng.integers(0, 5), 3)).astype(np.uint8)
+        im = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 7))):
+            x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+            w, h = (int(v) for v in rng.integers(size // 8, size // 2, 2))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x0 + w, y0 + h],
+                                                                       fill=colour)
+        im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 1.5))))
+        arr = np.asarray(im, dtype=np.float32) + rng.normal(0, rng.uniform(2, 12), (size, size, 3))
+        out.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
+    return out
+
+
+def parity_inputs(pp: Preprocess, n: int = PARITY_SAMPLES, images_dir: Path | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, str]:
+    """The fixed parity batch: photographs (the user's, else the built-in ones) topped up with synthetic
+    image-like inputs to `n`. Returns the NCHW batch and a description of where it came from."""
+    if images_dir is not None:
+        found = read_images(image_files(images_dir), Path(images_dir))
+        if not found.images:
+            raise UsageError(f"no readable images in {images_dir}")
+        photos, what = found.images[:n], f"{min(n, len(found.images))} images from {images_dir}"
+    else:
+        photos = builtin_images().images[:n]
+        what = f"{len(photos)} built-in photographs"
+    extra = max(0, n - len(photos))
+    if extra:
+        what += f" + {extra} synthetic image-like inputs (seed {seed})"
+    return preprocess_images(photos + synthetic_images(extra, seed=seed), pp), what
