@@ -39,6 +39,8 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log eve
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
+    for chatty in ("huggingface_hub", "httpx", "urllib3"):  # their retries end in our one-line error
+        logging.getLogger(chatty).setLevel(logging.ERROR)
 
 
 @contextmanager

@@ -134,3 +134,11 @@ def test_efficientnet_b3_dynamic_batch(capsys, tmp_path):
     report = json.loads((tmp_path / "efficientnet_b3" / "report.json").read_text())
     assert report["inputs"][0]["shape"] == ["batch", 3, 300, 300]
     assert report["parity"]["onnxruntime"]["samples"] == 17  # the batch, and batch 1 again
+
+
+def test_pretrained_offline_fails_fast_naming_weights(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run(["onnx", "rexnet_1.0", "--pretrained", "--out", str(tmp_path)], capsys)
+    assert code == 4 and "--weights PATH" in err
+    code, _, err = run(["onnx", "rexnet_0.9", "--pretrained", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "no pretrained weights" in err

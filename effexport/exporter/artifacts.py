@@ -17,6 +17,17 @@ from typing import Any
 DEFAULT_OUT = Path("effexport-out")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_readable(path: Path) -> None:
+    """Temp files are created 0600; published artifacts get the permissions of any file the user creates."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def recipe_dir(out: Path, recipe_name: str) -> Path:
     """`<out>/<recipe>`; `timm:` names become a safe folder name."""
     return Path(out) / recipe_name.replace(":", "-").replace("/", "-")
@@ -30,6 +41,7 @@ def write_json(path: Path, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=_jsonable)
             f.write("\n")
+        _make_readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -72,6 +84,7 @@ class Staging:
         ordered = sorted(names, key=lambda n: not n.endswith(".data"))
         published = []
         for name in ordered:
+            _make_readable(self.path / name)
             os.replace(self.path / name, self.dest / name)
             published.append(self.dest / name)
         return published

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from functools import lru_cache, partial
 from typing import Any
+from urllib.parse import urlparse
 
 from effexport.errors import MissingDependencyError, UsageError
 from effexport.recipes import CheckpointLayout, Preprocess, Recipe, register
@@ -21,6 +24,9 @@ def build_timm(timm_name: str, pretrained: bool, *, model_kwargs: dict[str, Any]
     name = f"{timm_name}.{pretrained_tag}" if pretrained and pretrained_tag else timm_name
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs).eval()
+    if not _weights_cached(name) and not _hub_reachable():
+        # Without this, the hub client retries for about a minute before giving up.
+        raise _offline(name, OSError("the Hugging Face Hub is unreachable and the weights are not cached"))
     try:
         return timm.create_model(name, pretrained=True, **kwargs).eval()
     except RuntimeError as exc:
@@ -29,6 +35,28 @@ def build_timm(timm_name: str, pretrained: bool, *, model_kwargs: dict[str, Any]
         raise _offline(name, exc) from exc
     except (OSError, ValueError, ImportError) as exc:  # connection, hub cache miss, missing hub client
         raise _offline(name, exc) from exc
+
+
+def _weights_cached(name: str) -> bool:
+    import timm.models
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if not hub_id:
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _offline(name: str, exc: Exception) -> MissingDependencyError:
