@@ -32,6 +32,26 @@ err = Console(stderr=True)
 OutOption = Annotated[Path, typer.Option("--out", help="Artifacts go to <out>/<recipe>/.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
+# ---------------------------------------------------------------------------------------------- slimmable options
+# Only recipes that take them (the slimmable networks) accept these; any other recipe exits 2.
+
+WidthOption = Annotated[Optional[float], typer.Option(
+    "--width", help="Slimmable recipes: the width to export (within the trained range).")]
+ResolutionOption = Annotated[Optional[int], typer.Option(
+    "--resolution", help="Slimmable recipes: the input resolution (BatchNorm statistics are re-estimated there).")]
+BudgetOption = Annotated[Optional[float], typer.Option(
+    "--budget-mflops", help="Slimmable recipes: export the most accurate query-table point within this budget.")]
+QueryTableOption = Annotated[Optional[Path], typer.Option(
+    "--query-table", help="Slimmable recipes: your own query table for --budget-mflops (CSV: "
+                          "mflops,width,resolution,top1).")]
+
+
+def _recipe_params(width, resolution, budget_mflops, query_table, calib=None):
+    from effexport.recipes import RecipeParams
+
+    return RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table,
+                        calib=calib)
+
 
 @app.callback()
 def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")] = False) -> None:
@@ -80,11 +100,15 @@ def info(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
     img_size: Annotated[Optional[int], typer.Option(help="Count MACs at this input size.")] = None,
     as_json: JsonOption = False,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
 ) -> None:
     """Params, MACs, input spec, preprocessing, rewrites and origin of one recipe."""
     from effexport.info import recipe_info
 
-    data = recipe_info(name, img_size)
+    data = recipe_info(name, img_size, _recipe_params(width, resolution, budget_mflops, query_table))
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -109,6 +133,8 @@ def info(
         ("pretrained", "available through timm (--pretrained)" if data["pretrained_available"]
          else "not published through timm: use --weights PATH"),
     ]
+    if data["configuration"]:
+        rows.append(("configuration", ", ".join(f"{k} {v}" for k, v in data["configuration"].items())))
     if data["notes"]:
         rows.append(("notes", data["notes"]))
     for key, value in rows:
@@ -134,6 +160,12 @@ def onnx_cmd(
     max_rel: Annotated[Optional[float], typer.Option(help="FP32 parity tolerance (of the logit range).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
     out: OutOption = Path("effexport-out"),
+    calib: Annotated[Optional[Path], typer.Option(
+        "--calib", help="Calibration images: BatchNorm re-estimation of slimmable recipes.")] = None,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
 ) -> None:
     """Export a recipe to ONNX, check and simplify it, and verify it against PyTorch in ONNX Runtime."""
     from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
@@ -142,7 +174,8 @@ def onnx_cmd(
         raise typer.BadParameter("--batch and --dynamic-batch exclude each other")
     spec = WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema)
     options = OnnxOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                          simplify=simplify, images=images, max_rel=max_rel, force=force)
+                          simplify=simplify, images=images, max_rel=max_rel, force=force, calib=calib,
+                          width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table)
     with _status(f"exporting {name}") as progress:
         result = export_recipe(name, spec, options, out, progress)
     _print_export(result)
@@ -154,6 +187,8 @@ def _print_export(result) -> None:
     weights = report["weights"]
     if weights["source"] == "random":
         err.print(f"[yellow]warning:[/] {weights['note']}")
+    if weights.get("finalized", {}).get("warning"):
+        err.print(f"[yellow]warning:[/] {weights['finalized']['warning']}")
     counts = report["node_counts"]
     ops = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
     state = "reused" if result.reused else "wrote"

@@ -13,7 +13,7 @@ from effexport import __version__
 from effexport.exporter.artifacts import read_json, write_json
 from effexport.exporter.onnx import INPUT_NAME, OUTPUT_NAME
 from effexport.exporter.profile import build_on_meta, count_macs, count_params
-from effexport.recipes import Recipe, get_recipe, list_recipes
+from effexport.recipes import Recipe, RecipeParams, configure, get_recipe, list_recipes
 
 
 def recipe_rows() -> list[dict]:
@@ -42,8 +42,8 @@ def _doc(fn) -> str:
     return (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
 
 
-def recipe_info(name: str, img_size: int | None = None) -> dict:
-    recipe: Recipe = get_recipe(name)
+def recipe_info(name: str, img_size: int | None = None, params: RecipeParams | None = None) -> dict:
+    recipe: Recipe = configure(get_recipe(name), params or RecipeParams(), img_size=img_size)
     pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
     model = build_on_meta(recipe.build)
     with torch.no_grad():
@@ -62,8 +62,10 @@ def recipe_info(name: str, img_size: int | None = None) -> dict:
         "output": {"name": OUTPUT_NAME, "shape": list(out.shape)},
         "preprocessing": pp.to_dict(),
         "rewrites": [{"name": r.__name__, "doc": _doc(r)} for r in recipe.rewrites],
-        "checkpoint_layouts": ["timm", *(layout.name for layout in recipe.layouts)],
+        "checkpoint_layouts": ["timm" if recipe.source.startswith("timm") else "the model's own state dict",
+                               *(layout.name for layout in recipe.layouts)],
         "pretrained_available": recipe.pretrained_available,
         "heavy": recipe.heavy,
         "notes": recipe.notes,
+        "configuration": dict(recipe.configuration),
     }

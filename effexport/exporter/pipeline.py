@@ -31,7 +31,7 @@ from effexport.exporter.inputs import parity_inputs
 from effexport.exporter.parity import ParityReport, compare, tolerance_for
 from effexport.exporter.profile import count_macs, count_params
 from effexport.exporter.rewrite import RewriteRecord, apply_rewrites
-from effexport.recipes import Preprocess, Recipe, get_recipe
+from effexport.recipes import Preprocess, Recipe, RecipeParams, configure, get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,16 @@ class OnnxOptions:
     images: Path | None = None
     max_rel: float | None = None
     force: bool = False
+    calib: Path | None = None  # calibration images: BatchNorm re-estimation of slimmable recipes
+    width: float | None = None  # slimmable recipes: the point to export, or a budget to choose it by
+    resolution: int | None = None
+    budget_mflops: float | None = None
+    query_table: Path | None = None
+
+    @property
+    def recipe_params(self) -> RecipeParams:
+        return RecipeParams(width=self.width, resolution=self.resolution, budget_mflops=self.budget_mflops,
+                            query_table=self.query_table, calib=self.calib)
 
     def __post_init__(self):
         if self.batch < 1:
@@ -129,6 +139,8 @@ def build_model(recipe: Recipe, weights: WeightsSpec) -> tuple[nn.Module, dict]:
     else:
         randomize_batchnorm(model, seed=RANDOM_SEED)
         info = {"source": "random", "seed": RANDOM_SEED, "note": RANDOM_WEIGHTS_NOTE}
+    if recipe.finalize is not None:
+        model, info["finalized"] = recipe.finalize(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), info
@@ -162,10 +174,9 @@ def prepare(recipe: Recipe, weights: WeightsSpec, img_size: int | None = None, i
 def _fingerprint(recipe: Recipe, weights: WeightsSpec, options: OnnxOptions) -> str:
     opts = asdict(options)
     opts.pop("force")
-    opts["images"] = str(opts["images"]) if opts["images"] else None
     key = {"recipe": recipe.name, "weights": weights.identity(recipe), "options": opts,
            "versions": tool_versions()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def find_reusable(dest: Path, fingerprint: str) -> dict | None:
@@ -184,7 +195,7 @@ def export_recipe(name: str, weights: WeightsSpec = WeightsSpec(), options: Onnx
     """`effexport onnx`: export, check, simplify and verify one recipe; write model.onnx and report.json."""
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
-    recipe = get_recipe(name)
+    recipe = configure(get_recipe(name), options.recipe_params, img_size=options.img_size)
     onnx_stage.check_opset(options.opset)
     tolerance = tolerance_for("fp32", max_rel=options.max_rel)
     dest = recipe_dir(out, recipe.name)
@@ -202,6 +213,7 @@ def export_recipe(name: str, weights: WeightsSpec = WeightsSpec(), options: Onnx
         "source": recipe.source,
         "paper": recipe.paper,
         "generic_recipe": recipe.generic,
+        **({"configuration": dict(recipe.configuration)} if recipe.configuration else {}),
         "weights": prepared.weights,
         "params": prepared.params,
         "macs": prepared.macs,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effexport.errors import UsageError
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
     from effexport.exporter.rewrite import Rewrite
 
-FAMILY_MODULES = ("rexnet", "tresnet", "efficientnet", "resnext_wsl", "mobile")
+FAMILY_MODULES = ("rexnet", "tresnet", "efficientnet", "resnext_wsl", "mobile", "padding_free", "mutualnet",
+                  "rexnet_lite")
 GENERIC_PREFIX = "timm:"
 
 
@@ -57,6 +59,26 @@ class CheckpointLayout:
 
 
 @dataclass(frozen=True)
+class RecipeParams:
+    """Options only some recipes take. Slimmable networks export one (width, resolution) point, given directly or
+    chosen under a MAC budget from a query table, and re-estimate BatchNorm statistics on `calib` images."""
+
+    width: float | None = None
+    resolution: int | None = None
+    budget_mflops: float | None = None
+    query_table: Path | None = None
+    calib: Path | None = None  # recipes that re-estimate nothing ignore it
+
+    def given(self) -> list[str]:
+        """The point-choosing options that were set (`calib` is not one: every recipe accepts it)."""
+        return [f.name for f in fields(self) if f.name != "calib" and getattr(self, f.name) is not None]
+
+
+def option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     family: str
@@ -73,6 +95,13 @@ class Recipe:
     strict_graph: bool = True  # forbid BN/Identity/shape arithmetic in the exported graph
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Recipes that take options (RecipeParams field names in `takes`) return a recipe specialised for them.
+    takes: tuple[str, ...] = ()
+    configure: Callable[[Recipe, RecipeParams], Recipe] | None = None
+    # Runs once the weights are loaded, before anything is measured; returns the model to export and a record for
+    # the report (slimmable recipes re-estimate BatchNorm statistics for their width and resolution here).
+    finalize: Callable[[nn.Module], tuple[nn.Module, dict]] | None = None
+    configuration: Mapping[str, Any] = field(default_factory=dict)  # what `configure` chose, for the report
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -105,6 +134,19 @@ def _load_families() -> None:
 def list_recipes() -> list[Recipe]:
     _load_families()
     return list(_RECIPES.values())
+
+
+def configure(recipe: Recipe, params: RecipeParams, img_size: int | None = None) -> Recipe:
+    """Specialise `recipe` for `params`; options the recipe does not take are a usage error."""
+    if img_size is not None and "resolution" in recipe.takes:
+        raise UsageError(f"{recipe.name} is exported at --resolution R (its BatchNorm statistics are re-estimated "
+                         f"there), not --img-size")
+    refused = [name for name in params.given() if name not in recipe.takes]
+    if refused:
+        takers = sorted({r.name for r in list_recipes() if set(refused) <= set(r.takes)})
+        hint = f" (recipes that do: {', '.join(takers)})" if takers else ""
+        raise UsageError(f"recipe {recipe.name} takes no {', '.join(map(option_flag, refused))} option{hint}")
+    return recipe.configure(recipe, params) if recipe.configure is not None else recipe
 
 
 def get_recipe(name: str) -> Recipe:

@@ -10,13 +10,21 @@ static padding for the export size (no Shape/Gather arithmetic); BN folding; act
 Checkpoints: timm's layout, and the `efficientnet_pytorch` layout (`_conv_stem`, `_blocks.N._expand_conv`,
 ...), which registers the same layers in the same order. That package always uses TF padding and eps 1e-3,
 so its checkpoints are refused for the symmetric-padding `efficientnet_bN` with a pointer to the right one.
+
+EfficientNet-B0-small is B0 without squeeze-excitation, as PaddleClas ships it (`EfficientNetB0_small`: its
+"DYNAMIC" padding is PyTorch's symmetric padding, BatchNorm eps 1e-3, swish). timm's builder adds SE to B0 whatever
+it is told, so the network is timm's EfficientNet class built from B0's block table without the `se` entries.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+from torch import nn
+
 from effexport.exporter.checkpoint import map_by_order
 from effexport.exporter.rewrite import GENERIC_REWRITES
-from effexport.recipes import CheckpointLayout
+from effexport.recipes import CheckpointLayout, Preprocess, Recipe, register
 from effexport.recipes._timm import register_timm
 
 PAPER = "EfficientNet, ICML 2019 (arXiv 1905.11946)"
@@ -25,6 +33,9 @@ LITE_PAPER = "EfficientNet-Lite (TensorFlow TPU models, 2020), from EfficientNet
 SIZES = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
 LITE_SIZES = {0: 224, 1: 240, 2: 260, 3: 280, 4: 300}
 HEAVY_FROM = 5
+# EfficientNet-B0's blocks in timm's notation, without the `_se0.25` of every stage (PaddleClas's B0-small).
+B0_SMALL_ARCH = [["ds_r1_k3_s1_e1_c16"], ["ir_r2_k3_s2_e6_c24"], ["ir_r2_k5_s2_e6_c40"], ["ir_r3_k3_s2_e6_c80"],
+                 ["ir_r3_k5_s1_e6_c112"], ["ir_r4_k5_s2_e6_c192"], ["ir_r1_k3_s1_e6_c320"]]
 
 
 def _is_efficientnet_pytorch(sd) -> bool:
@@ -54,3 +65,26 @@ for _n, _size in LITE_SIZES.items():
                   rewrites=GENERIC_REWRITES, paper=LITE_PAPER, layouts=(_layout(),),
                   notes=f"the official TF-trained model (timm tf_efficientnet_lite{_n}); timm's own "
                         f"efficientnet_lite{_n} is a symmetric-padding re-implementation and is 'timm:efficientnet_lite{_n}'")
+
+
+def build_b0_small(pretrained: bool) -> nn.Module:
+    """PaddleClas publishes B0-small as Paddle parameters only: no PyTorch weights exist to fetch."""
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    return EfficientNet(block_args=decode_arch_def(B0_SMALL_ARCH), num_features=1280, stem_size=32,
+                        act_layer=nn.SiLU, norm_layer=partial(nn.BatchNorm2d, eps=1e-3), drop_rate=0.2).eval()
+
+
+register(Recipe(
+    name="efficientnet_b0_small",
+    family="efficientnet",
+    build=build_b0_small,
+    preprocess=Preprocess((224, 224), crop_pct=0.875, interpolation="bilinear"),
+    rewrites=GENERIC_REWRITES,
+    source="timm EfficientNet, B0's blocks without squeeze-excitation (PaddleClas EfficientNetB0_small)",
+    paper=PAPER + "; B0-small from PaddleClas",
+    layouts=(_layout(),),
+    pretrained_available=False,
+    notes="EfficientNet-B0 without squeeze-excitation, symmetric padding, BatchNorm eps 1e-3 (PaddleClas)",
+))

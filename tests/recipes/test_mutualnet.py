@@ -1,0 +1,188 @@
+"""Slimmable networks (MutualNet, US-Nets): slicing to a width, BatchNorm re-estimation, the exported static network
+against the slimmable one, checkpoints in the original layout, and choosing a point under a MAC budget."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from effexport.errors import UsageError
+from effexport.exporter.backends.onnxruntime import OrtRunner
+from effexport.exporter.checkpoint import randomize_batchnorm
+from effexport.exporter.inputs import BUILTIN_DIR, image_files, parity_inputs, read_images
+from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
+from effexport.exporter.profile import build_on_meta, count_macs
+from effexport.recipes import RecipeParams, configure, get_recipe
+from effexport.recipes._slimmable import (
+    SLIMMABLE,
+    USBatchNorm2d,
+    mobilenet_v1,
+    mobilenet_v2,
+    recalibrate_batchnorm,
+    set_width,
+    slice_to_width,
+    slim_channels,
+)
+from effexport.recipes.mutualnet import IMAGENET, VARIANTS, calibration_batches
+from tests.test_cli import run
+
+TRAINED_WIDTHS = (0.35, 0.7, 1.0)  # the widths whose statistics an original checkpoint keeps as bn.0, bn.1, ...
+
+
+def _slimmable(arch, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = arch().eval()
+    randomize_batchnorm(model, seed=seed + 1)
+    return model
+
+
+def original_layout(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s full-width state dict as the original USBatchNorm2d stores it: affine parameters only, and
+    statistics per trained width in a ModuleList `bn` (random values: they must not be used)."""
+    gen = torch.Generator().manual_seed(9)
+    out = {}
+    bns = {name: m for name, m in model.named_modules() if isinstance(m, USBatchNorm2d)}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner not in bns:
+            out[key] = value
+        elif leaf in ("weight", "bias"):
+            out[key] = value
+            if leaf == "bias":
+                for i, width in enumerate(TRAINED_WIDTHS):
+                    c = slim_channels(bns[owner].num_features, width, bns[owner].ratio)
+                    out[f"{owner}.bn.{i}.running_mean"] = torch.randn(c, generator=gen)
+                    out[f"{owner}.bn.{i}.running_var"] = torch.rand(c, generator=gen) + 0.5
+                    out[f"{owner}.bn.{i}.num_batches_tracked"] = torch.tensor(1000)
+    return out
+
+
+@pytest.mark.parametrize("arch", [mobilenet_v1, mobilenet_v2])
+@pytest.mark.parametrize("width", [1.0, 0.85, 0.5, 0.35])
+def test_sliced_network_computes_the_slimmable_network_at_that_width(arch, width):
+    slim = set_width(_slimmable(arch), width)
+    static = slice_to_width(slim, width)
+    assert not any(isinstance(m, SLIMMABLE) for m in static.modules())
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), slim(x))
+    first = static.features[0][0]
+    assert first.out_channels == slim_channels(32, width) and isinstance(first, nn.Conv2d)
+
+
+def test_batchnorm_reestimation_is_a_cumulative_average_over_the_batches():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, momentum=0.3)).eval()
+    model[1].running_mean.fill_(5.0)
+    batches = [torch.randn(4, 3, 8, 8) * s + s for s in (1.0, 2.0, 3.0)]
+    assert recalibrate_batchnorm(model, batches) == 1
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.transpose(0, 1).flatten(1).var(1, unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean)
+    torch.testing.assert_close(model[1].running_var, var)
+    assert model[1].momentum == 0.3 and not model[1].training and not model.training
+
+
+def _calib_dir(tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for path in image_files(BUILTIN_DIR)[:6]:
+        shutil.copy(path, calib / path.name)
+    return calib
+
+
+@pytest.mark.parametrize("name, width, resolution", [
+    ("mutualnet_mobilenet_v2", 0.85, 160),
+    ("mutualnet_mobilenet_v2", 0.7, 128),
+    ("mutualnet_mobilenet_v1", 0.25, 96),
+    ("usnet_mobilenet_v2", 0.35, 112),
+])
+def test_sliced_and_recalibrated_export_matches_the_slimmable_model(name, width, resolution, tmp_path):
+    slim = _slimmable(VARIANTS[name].arch)
+    ckpt = tmp_path / "us.pt"
+    state = {f"module.{k}": v for k, v in original_layout(slim).items()}
+    torch.save({"model": state, "optimizer": {"state": {}}, "last_epoch": 249}, ckpt)
+    calib = _calib_dir(tmp_path)
+
+    options = OnnxOptions(width=width, resolution=resolution, calib=calib)
+    result = export_recipe(name, WeightsSpec(path=ckpt), options, tmp_path / "out")
+    report = result.report
+    assert report["weights"]["layout"].startswith("original US-Net layout")
+    assert report["weights"]["finalized"]["images"] == 6 and "warning" not in report["weights"]["finalized"]
+    assert report["configuration"]["width"] == width and report["inputs"][0]["shape"] == [1, 3, resolution, resolution]
+    assert result.path.parent.name == f"{name}-w{width:g}-r{resolution}"
+
+    # The reference: the slimmable network itself at this width, its statistics re-estimated the same way.
+    pp = IMAGENET.at(resolution)
+    inputs, _ = parity_inputs(pp)
+    with torch.no_grad():
+        stale = set_width(slim, width)(torch.from_numpy(inputs)).numpy()
+    recalibrate_batchnorm(slim, calibration_batches(read_images(image_files(calib)).images, pp))
+    with torch.no_grad():
+        expected = slim(torch.from_numpy(inputs)).numpy()
+    with OrtRunner(result.path) as runner:
+        got = runner.run(inputs)
+    span = expected.max() - expected.min()
+    assert np.abs(got - expected).max() / span < 1e-4
+    assert np.abs(stale - expected).max() / span > 1e-2  # re-estimation really changed the statistics
+
+
+def test_the_published_query_tables_are_the_macs_of_their_points():
+    for name in ("mutualnet_mobilenet_v1", "mutualnet_mobilenet_v2"):
+        for point in VARIANTS[name].query:
+            recipe = configure(get_recipe(name), RecipeParams(width=point.width, resolution=point.resolution))
+            macs = count_macs(build_on_meta(recipe.build), recipe.input_size) / 1e6
+            assert abs(macs - point.mflops) <= max(1.0, 0.01 * point.mflops), (name, point, macs)
+
+
+def test_budget_picks_the_most_accurate_point_that_fits(tmp_path):
+    def chosen(**kw):
+        recipe = configure(get_recipe("mutualnet_mobilenet_v2"), RecipeParams(**kw))
+        return recipe.configuration["width"], recipe.configuration["resolution"]
+
+    assert chosen(budget_mflops=200) == (0.9, 192)
+    assert chosen(budget_mflops=300) == (1.0, 224)
+    assert chosen(budget_mflops=57) == (0.7, 128)
+    assert chosen() == (1.0, 224)
+    table = tmp_path / "mine.csv"
+    table.write_text("mflops,width,resolution,top1\n150,0.8,160,80.5\n190,0.75,192,79.0\n250,1.0,160,81.0\n")
+    assert chosen(budget_mflops=200, query_table=table) == (0.8, 160)
+    with pytest.raises(UsageError, match="no point of the query table fits 56"):
+        chosen(budget_mflops=56)
+    with pytest.raises(UsageError, match="either --budget-mflops or --width"):
+        chosen(budget_mflops=200, width=0.8)
+    with pytest.raises(UsageError, match="outside the range"):
+        chosen(width=0.5)
+    with pytest.raises(UsageError, match="only with --budget-mflops"):
+        chosen(query_table=table)
+    (tmp_path / "bad.csv").write_text("flops,w\n1,2\n")
+    with pytest.raises(UsageError, match="columns mflops,width,resolution,top1"):
+        chosen(budget_mflops=200, query_table=tmp_path / "bad.csv")
+    with pytest.raises(UsageError, match="no query table is published for usnet_mobilenet_v2"):
+        configure(get_recipe("usnet_mobilenet_v2"), RecipeParams(budget_mflops=200))
+
+
+def test_options_are_refused_by_recipes_that_do_not_take_them():
+    with pytest.raises(UsageError, match="takes no --width, --budget-mflops option"):
+        configure(get_recipe("rexnet_1.0"), RecipeParams(width=0.5, budget_mflops=100))
+    assert configure(get_recipe("rexnet_1.0"), RecipeParams(calib=BUILTIN_DIR)) is get_recipe("rexnet_1.0")
+    with pytest.raises(UsageError, match="--resolution R"):
+        configure(get_recipe("mutualnet_mobilenet_v1"), RecipeParams(), img_size=160)
+
+
+def test_cli_budget_export_and_info(capsys, tmp_path):
+    code, out, err = run(["onnx", "mutualnet_mobilenet_v2", "--budget-mflops", "200", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert (tmp_path / "mutualnet_mobilenet_v2-w0.9-r192" / "model.onnx").is_file()
+    assert "built-in photographs" in err and "cost accuracy" in err
+    code, out, _ = run(["info", "mutualnet_mobilenet_v2", "--budget-mflops", "200", "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["configuration"]["query_point"]["mflops"] == 198 and abs(info["macs"] / 1e6 - 198) < 1
+    for args in (["onnx", "rexnet_1.0", "--width", "0.5"], ["info", "ghostnet_pfd", "--budget-mflops", "100"],
+                 ["onnx", "mutualnet_mobilenet_v2", "--width", "0.5", "--out", str(tmp_path)]):
+        code, _, err = run(args, capsys)
+        assert code == 2 and err.startswith("error:"), (args, err)
