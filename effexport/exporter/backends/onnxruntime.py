@@ -61,7 +61,10 @@ def build(source: Path, folder: Path, precision: str, options: Any = None) -> Bu
 
 def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None = None, batch: int | None = None,
                 options: Any = None) -> OrtRunner:
-    return OrtRunner(artifact, threads=threads)
+    runner = OrtRunner(artifact, threads=threads)
+    # ONNX Runtime's CPU provider has FP16 kernels for few operators and casts around the others.
+    runner.execution["execution_precision"] = "fp16 graph" if precision == "fp16" else precision
+    return runner
 
 
 class OrtRunner:
