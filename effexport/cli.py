@@ -386,16 +386,22 @@ def verify_cmd(
 def _print_verify(result) -> None:
     from rich.markup import escape
 
-    table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left")
-    for col in ("backend", "precision", "runs as", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
-        table.add_column(col, justify="left" if col in ("backend", "precision", "runs as", "result") else "right")
+    from rich import box
+
+    table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for col in ("backend", "precision", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
+        table.add_column(col, justify="left" if col in ("backend", "precision", "result") else "right",
+                         no_wrap=col != "precision", min_width=11 if col == "backend" else None)
     for r in result.rows:
         p = r.parity or {}
-        runs = r.execution.get("execution_precision", "-")
+        runs = r.execution.get("execution_precision")
+        precision = r.precision if runs in (None, r.precision) else f"{r.precision} ({runs})"
         colour = {"passed": "green", "failed": "red", "error": "red"}.get(r.status, "yellow")
+        status = "n/a" if r.status == "not supported" else r.status
         cells = [f"{p['max_abs']:.1e}", f"{p['max_rel']:.1e}", f"{p['min_cosine']:.6f}", f"{p['top1_agreement']:.0%}",
                  f"{p['top5_agreement']:.0%}"] if "max_abs" in p else ["-"] * 5
-        table.add_row(r.backend, r.precision, runs, *cells, f"[{colour}]{r.status}[/]")
+        table.add_row(r.backend, precision, *cells, f"[{colour}]{status}[/]")
     console.print(table)
     used = dict.fromkeys(r.precision for r in result.rows if r.status != "not supported")
     console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used))
@@ -414,6 +420,7 @@ def bench_cmd(
     precision: Annotated[str, typer.Option(help="Comma-separated precisions for the backends.")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="Threads for every backend (default: all CPUs).")] = None,
     iters: Annotated[int, typer.Option(help="Timed runs per backend and batch size (after warm-up).")] = 50,
+    max_warmup: Annotated[int, typer.Option(help="Most warm-up runs (warm-up ends earlier once stable).")] = 100,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png (matplotlib).")] = True,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
@@ -431,7 +438,7 @@ def bench_cmd(
     chosen = parse_list(backends, [BASELINE, *BACKENDS], "backend")
     batches = parse_batches(batch)
     precisions = tuple(parse_list(precision, POLICY, "precision"))
-    config = BenchConfig(iters=iters)
+    config = BenchConfig(iters=iters, max_warmup=max_warmup, min_warmup=min(5, max_warmup))
     check_backends(chosen)
     if threads is not None and threads < 1:
         raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
@@ -456,14 +463,19 @@ def bench_cmd(
 
 def _print_bench(result) -> None:
     m = result.machine
-    table = Table(title=f"{result.recipe}: {m['cpu']}, {m['threads']} threads, load average "
-                        f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]}", title_justify="left")
-    for col in ("backend", "precision", "runs as", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "vs torch"):
-        table.add_column(col, justify="left" if col in ("backend", "precision", "runs as") else "right")
+    from rich import box
+
+    table = Table(title=f"{result.recipe}: latency in ms on {m['cpu']}, {m['threads']} threads, load average "
+                        f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]}", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for col in ("backend", "precision", "batch", "p50", "p90", "p99", "img/s", "vs torch"):
+        table.add_column(col, justify="left" if col in ("backend", "precision") else "right",
+                         no_wrap=col != "precision", min_width=11 if col == "backend" else None)
     for e in result.entries:
         s = e.stats
-        runs = e.execution.get("execution_precision") or e.precision
-        table.add_row(e.backend, e.precision, runs, str(e.batch), f"{s.p50 * 1e3:.2f}", f"{s.p90 * 1e3:.2f}",
+        runs = e.execution.get("execution_precision")
+        precision = e.precision if runs in (None, e.precision) else f"{e.precision} ({runs})"
+        table.add_row(e.backend, precision, str(e.batch), f"{s.p50 * 1e3:.2f}", f"{s.p90 * 1e3:.2f}",
                       f"{s.p99 * 1e3:.2f}", f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-")
     console.print(table)
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())

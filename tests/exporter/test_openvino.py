@@ -29,7 +29,7 @@ def test_fp32_ir_is_uncompressed_and_runs_in_f32(ctx):
     assert artifact.path.name == "model.xml" and (artifact.folder / "model.bin").is_file()
     assert "f16" not in _element_types(artifact.path)
     report = artifact.report
-    assert report["execution"]["precision_hint"] == "f32" and report["execution"]["execution_precision"] == "f32"
+    assert report["execution"]["precision_hint"] == "f32" and report["execution"]["execution_precision"] == "fp32"
     assert report["parity"]["passed"] and report["parity"]["max_rel"] <= 1e-4
     assert ensure_artifact(ctx, "openvino", "fp32").reused
 
@@ -51,7 +51,7 @@ def test_bf16_runs_the_fp32_ir_and_reports_what_really_executed(ctx):
     import openvino as ov
 
     caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert execution["execution_precision"] == ("bf16" if "BF16" in caps else "f32")
+    assert execution["execution_precision"] == ("bf16" if "BF16" in caps else "fp32")
     assert report.passed
 
 

@@ -63,7 +63,9 @@ def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None 
                 options: Any = None) -> OrtRunner:
     runner = OrtRunner(artifact, threads=threads)
     # ONNX Runtime's CPU provider has FP16 kernels for few operators and casts around the others.
-    runner.execution["execution_precision"] = "fp16 graph" if precision == "fp16" else precision
+    runner.execution["execution_precision"] = precision
+    if precision == "fp16":
+        runner.execution["note"] = "FP16 graph; the CPU provider casts around operators without FP16 kernels"
     return runner
 
 

@@ -34,6 +34,11 @@ EXECUTION_HINT = {"fp32": "f32", "fp16": None, "bf16": "bf16"}
 ARTIFACT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
 
 
+def _precision_name(ov_type: str) -> str:
+    """OpenVINO's element type names in the precision names used everywhere else (f32 -> fp32)."""
+    return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(ov_type, ov_type)
+
+
 @dataclass(frozen=True)
 class OvOptions:
     device: str = DEFAULT_DEVICE
@@ -112,7 +117,7 @@ class OvRunner:
             "device": device,
             "device_name": core.get_property(device, "FULL_DEVICE_NAME"),
             "precision_hint": hint or "device default",
-            "execution_precision": used.to_string() if hasattr(used, "to_string") else str(used),
+            "execution_precision": _precision_name(used.to_string() if hasattr(used, "to_string") else str(used)),
             "threads": self.compiled.get_property(props.inference_num_threads),
             "openvino": ov.get_version(),
         }
