@@ -183,8 +183,7 @@ def _source(weights, pretrained, ema, img_size, opset):
     return SourceSpec(WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema), opset=opset, img_size=img_size)
 
 
-def _default_opset() -> int:
-    return 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch at --help
+BACKEND_OPSET = 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch at --help
 
 
 @app.command("backends")
@@ -222,7 +221,7 @@ def openvino_cmd(
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
-    opset: OpsetOption = _default_opset(),
+    opset: OpsetOption = BACKEND_OPSET,
     force: ForceOption = False,
     out: OutOption = Path("effexport-out"),
 ) -> None:
@@ -267,7 +266,7 @@ def trt_cmd(
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
-    opset: OpsetOption = _default_opset(),
+    opset: OpsetOption = BACKEND_OPSET,
     force: ForceOption = False,
     out: OutOption = Path("effexport-out"),
 ) -> None:
@@ -359,7 +358,7 @@ def verify_cmd(
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
-    opset: OpsetOption = _default_opset(),
+    opset: OpsetOption = BACKEND_OPSET,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Run every backend and precision on the same inputs and compare with PyTorch FP32 in one table."""
@@ -384,9 +383,8 @@ def verify_cmd(
 
 
 def _print_verify(result) -> None:
-    from rich.markup import escape
-
     from rich import box
+    from rich.markup import escape
 
     table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left",
                   box=box.SIMPLE_HEAD)
@@ -426,7 +424,7 @@ def bench_cmd(
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
-    opset: OpsetOption = _default_opset(),
+    opset: OpsetOption = BACKEND_OPSET,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Time PyTorch eager and each backend with one harness: p50/p90/p99 latency, throughput, speed-up."""

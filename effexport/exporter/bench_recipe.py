@@ -144,11 +144,13 @@ def check_backends(backends: list[str]) -> None:
 
 
 def bench_recipe(name: str, backends: list[str], batches: list[int], precisions: tuple[str, ...] = ("fp32",),
-                 threads: int | None = None, config: BenchConfig = BenchConfig(), source: SourceSpec = SourceSpec(),
+                 threads: int | None = None, config: BenchConfig | None = None, source: SourceSpec | None = None,
                  out: Path = DEFAULT_OUT, options: dict[str, Any] | None = None, chart: bool = True,
                  progress: Progress | None = None, on_run: OnRun | None = None) -> BenchResult:
     """Time PyTorch eager and each backend at each batch size; write bench.json and bench.png."""
     check_backends(backends)
+    config = config or BenchConfig()
+    source = source or SourceSpec()
     threads = threads or os.cpu_count() or 1
     machine = machine_info(threads, backends)
     ctx = open_context(name, source, out, None, progress)
@@ -168,7 +170,7 @@ def bench_recipe(name: str, backends: list[str], batches: list[int], precisions:
             if progress:
                 progress(f"warming up {label}")
             with _open(backend, precision, batch, threads, model, artifacts, options) as runner:
-                warm, stats = measure(lambda: runner.run(x), batch, config,
+                warm, stats = measure(lambda r=runner, x=x: r.run(x), batch, config,
                                       on_run=lambda i, lbl=label, base=done: on_run and on_run(lbl, base + i, total))
                 execution = dict(runner.execution)
             done += config.iters

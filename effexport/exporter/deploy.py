@@ -22,7 +22,7 @@ from effexport import __version__
 from effexport.errors import ParityError, UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, recipe_dir, write_json
-from effexport.exporter.backends import Backend, Availability, get_backend
+from effexport.exporter.backends import Availability, Backend, get_backend
 from effexport.exporter.checkpoint import sha256_of
 from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
 from effexport.exporter.pipeline import OnnxOptions, OnnxResult, Progress, WeightsSpec, export_recipe
@@ -89,9 +89,10 @@ class Context:
         return self._reference
 
 
-def open_context(name: str, source: SourceSpec = SourceSpec(), out: Path = DEFAULT_OUT, images: Path | None = None,
+def open_context(name: str, source: SourceSpec | None = None, out: Path = DEFAULT_OUT, images: Path | None = None,
                  progress: Progress | None = None) -> Context:
     """Export (or reuse) the recipe's verified dynamic-batch ONNX."""
+    source = source or SourceSpec()
     recipe = get_recipe(name)
     onnx_result = export_recipe(recipe.name, source.weights, source.onnx_options(), out, progress)
     return Context(recipe, source, onnx_result, Path(out), images, progress)

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from effexport.errors import EffexportError
+from effexport.errors import EffexportError, UsageError
 from effexport.exporter.artifacts import DEFAULT_OUT, write_json
 from effexport.exporter.backends import BACKENDS, get_backend
 from effexport.exporter.deploy import SourceSpec, ensure_artifact, open_context, run_parity
@@ -64,19 +64,17 @@ def check_backends(backends: list[str], precisions: list[str]) -> None:
         get_backend(name).ensure_available(f"effexport verify --backends {name}")
     supported = {p for name in backends for p in BACKENDS[name].precisions}
     if not set(precisions) & supported:
-        from effexport.errors import UsageError
-
         raise UsageError(f"none of {', '.join(backends)} supports {', '.join(precisions)}")
 
 
-def verify_recipe(name: str, backends: list[str], precisions: list[str], source: SourceSpec = SourceSpec(),
+def verify_recipe(name: str, backends: list[str], precisions: list[str], source: SourceSpec | None = None,
                   images: Path | None = None, tolerances: dict[str, Tolerance] | None = None,
                   out: Path = DEFAULT_OUT, options: dict[str, Any] | None = None,
                   progress: Progress | None = None) -> VerifyResult:
     """Build (or reuse) each backend's artifact, run it on the parity inputs, compare with PyTorch FP32."""
     check_backends(backends, precisions)
     policy = policy_with(tolerances)
-    ctx = open_context(name, source, out, images, progress)
+    ctx = open_context(name, source or SourceSpec(), out, images, progress)
     reference = ctx.reference()
     rows = []
     for backend in backends:

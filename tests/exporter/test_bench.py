@@ -6,7 +6,7 @@ import pytest
 
 from effexport.errors import UsageError
 from effexport.exporter.bench import BenchConfig, is_stable, measure, speedup, summarize, warm_up
-from effexport.exporter.bench_recipe import _add_speedups, BenchEntry, make_batch, parse_batches
+from effexport.exporter.bench_recipe import BenchEntry, _add_speedups, make_batch, parse_batches
 
 
 class FakeClock:

@@ -425,7 +425,8 @@ class TrtRunner:
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
-        out_dtype = torch.from_numpy(np.empty(0, dtype=self.trt.nptype(self.engine.get_tensor_dtype(self.output)))).dtype
+        np_dtype = self.trt.nptype(self.engine.get_tensor_dtype(self.output))
+        out_dtype = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
         with torch.cuda.stream(self.stream):
             device_in = torch.from_numpy(x).to("cuda")
             self.context.set_input_shape(self.input, tuple(device_in.shape))
