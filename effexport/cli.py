@@ -390,7 +390,7 @@ def _print_verify(result) -> None:
                   box=box.SIMPLE_HEAD)
     for col in ("backend", "precision", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
         table.add_column(col, justify="left" if col in ("backend", "precision", "result") else "right",
-                         no_wrap=col != "precision", min_width=11 if col == "backend" else None)
+                         no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
     for r in result.rows:
         p = r.parity or {}
         runs = r.execution.get("execution_precision")
@@ -468,7 +468,7 @@ def _print_bench(result) -> None:
                   box=box.SIMPLE_HEAD)
     for col in ("backend", "precision", "batch", "p50", "p90", "p99", "img/s", "vs torch"):
         table.add_column(col, justify="left" if col in ("backend", "precision") else "right",
-                         no_wrap=col != "precision", min_width=11 if col == "backend" else None)
+                         no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
     for e in result.entries:
         s = e.stats
         runs = e.execution.get("execution_precision")

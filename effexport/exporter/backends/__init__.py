@@ -78,6 +78,10 @@ class Backend:
         return found
 
 
+# INT8 (the calibration work) plugs in without touching the code that uses this table: register an "int8" ONNX
+# variant (the Q/DQ graph) with onnxruntime.register_onnx_variant, which both ONNX Runtime and TensorRT build from
+# (TensorRT's source_precision maps every precision but fp32 to the ONNX variant of that name), and add "int8" to
+# those backends' precisions below; OpenVINO's NNCF path adds an "int8" branch to openvino.build.
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (

@@ -199,10 +199,11 @@ def require_tensorrt() -> ModuleType:
 
 
 def source_precision(precision: str, options: TrtOptions | None = None) -> str:
-    """FP16 engines start from the FP16 ONNX graph unless the 10.x builder flag is asked for."""
-    if precision == "fp16" and not (options and options.fp16_builder_flag):
-        return "fp16"
-    return "fp32"
+    """Strongly typed: an engine of precision P is built from the ONNX variant P (fp16: the FP16 graph; a Q/DQ
+    graph for int8), except with the 10.x FP16 builder flag, which starts from the FP32 graph."""
+    if precision == "fp16" and options is not None and options.fp16_builder_flag:
+        return "fp32"
+    return precision
 
 
 def network_flags(trt: ModuleType, strongly_typed: bool) -> int:
@@ -314,8 +315,8 @@ def configure(trt: ModuleType, config, precision: str, options: TrtOptions) -> l
 
 
 def check_options(trt: ModuleType, precision: str, options: TrtOptions) -> None:
-    if precision not in ("fp32", "fp16"):
-        raise UsageError(f"TensorRT builds fp32 or fp16 here, not {precision}")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"TensorRT builds fp32, fp16 or (from a Q/DQ graph) int8, not {precision}")
     if options.fp16_builder_flag:
         if trt_major(trt) >= 11:
             raise UsageError(f"TensorRT {trt.__version__} has no FP16 builder flag (removed in 11.x): build the "
