@@ -387,7 +387,7 @@ def _print_verify(result) -> None:
     from rich.markup import escape
 
     table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("backend", "precision", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
         table.add_column(col, justify="left" if col in ("backend", "precision", "result") else "right",
                          no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
@@ -465,7 +465,7 @@ def _print_bench(result) -> None:
 
     table = Table(title=f"{result.recipe}: latency in ms on {m['cpu']}, {m['threads']} threads, load average "
                         f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]}", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("backend", "precision", "batch", "p50", "p90", "p99", "img/s", "vs torch"):
         table.add_column(col, justify="left" if col in ("backend", "precision") else "right",
                          no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
@@ -473,8 +473,8 @@ def _print_bench(result) -> None:
         s = e.stats
         runs = e.execution.get("execution_precision")
         precision = e.precision if runs in (None, e.precision) else f"{e.precision} ({runs})"
-        table.add_row(e.backend, precision, str(e.batch), f"{s.p50 * 1e3:.2f}", f"{s.p90 * 1e3:.2f}",
-                      f"{s.p99 * 1e3:.2f}", f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-")
+        table.add_row(e.backend, precision, str(e.batch), f"{s.p50 * 1e3:.1f}", f"{s.p90 * 1e3:.1f}",
+                      f"{s.p99 * 1e3:.1f}", f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-")
     console.print(table)
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     console.print(f"{versions}; CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}")
