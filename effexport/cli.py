@@ -200,6 +200,327 @@ def _print_export(result) -> None:
     console.print(f"report: {result.report_path}")
 
 
+# ---------------------------------------------------------------------------------------------- backends
+# effexport backends / openvino / trt / verify / bench: the backend artifacts of one recipe, built from the
+# shared verified (dynamic-batch) ONNX in <out>/<recipe>/ and checked against PyTorch.
+
+WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint (.pth/.pt/.safetensors).")]
+PretrainedOption = Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")]
+EmaOption = Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")]
+ImgSizeOption = Annotated[Optional[int], typer.Option("--img-size", help="Input resolution (default: the recipe's).")]
+OpsetOption = Annotated[int, typer.Option("--opset", help="Opset of the shared ONNX export.")]
+ImagesOption = Annotated[Optional[Path], typer.Option("--images", help="Folder of photos for the parity check.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Build again even if nothing changed.")]
+
+
+def _source(weights, pretrained, ema, img_size, opset):
+    from effexport.exporter.deploy import SourceSpec
+    from effexport.exporter.pipeline import WeightsSpec
+
+    return SourceSpec(WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema), opset=opset, img_size=img_size)
+
+
+BACKEND_OPSET = 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch at --help
+
+
+@app.command("backends")
+def backends_cmd(as_json: JsonOption = False) -> None:
+    """Every backend: available (version, device) or missing and why."""
+    from dataclasses import asdict
+
+    from rich.markup import escape
+
+    from effexport.exporter.backends import BACKENDS, probe_all
+
+    found = probe_all()
+    if as_json:
+        console.print_json(json.dumps([asdict(a) for a in found], default=str))
+        return
+    table = Table(title="backends")
+    for col in ("backend", "status", "version", "device", "precisions", "install / why missing"):
+        table.add_column(col, overflow="fold")
+    for a in found:
+        spec = BACKENDS[a.name]
+        status = "[green]available[/]" if a.available else "[red]missing[/]"
+        hint = a.reason or (f"pip install 'effexport[{spec.extra}]'" if spec.extra else "core dependency")
+        table.add_row(a.name, status, a.version or "-", a.device or "-", ", ".join(spec.precisions), escape(hint))
+    console.print(table)
+
+
+@app.command("openvino")
+def openvino_cmd(
+    name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
+    precision: Annotated[str, typer.Option(help="fp32 (FP32 weights, f32 execution) or fp16 (FP16 weights).")] = "fp32",
+    device: Annotated[str, typer.Option(help="OpenVINO device for the parity check.")] = "CPU",
+    images: ImagesOption = None,
+    max_rel: Annotated[Optional[float], typer.Option(help="FP32 tolerance (of the logit range).")] = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = False,
+    ema: EmaOption = False,
+    img_size: ImgSizeOption = None,
+    opset: OpsetOption = BACKEND_OPSET,
+    force: ForceOption = False,
+    out: OutOption = Path("effexport-out"),
+) -> None:
+    """Convert the verified ONNX to OpenVINO IR (model.xml/.bin) and verify it against PyTorch."""
+    from effexport.exporter.backends import get_backend
+
+    if precision not in ("fp32", "fp16"):
+        raise typer.BadParameter(f"--precision must be fp32 or fp16, got {precision!r}")
+    get_backend("openvino").ensure_available("effexport openvino")
+    from effexport.exporter.backends.openvino import OvOptions
+    from effexport.exporter.deploy import ensure_artifact, open_context
+    from effexport.exporter.parity import tolerance_for
+
+    tolerance = tolerance_for(precision, max_rel=max_rel)
+    with _status(f"building OpenVINO {precision} for {name}") as progress:
+        ctx = open_context(name, _source(weights, pretrained, ema, img_size, opset), out, images, progress)
+        artifact = ensure_artifact(ctx, "openvino", precision, OvOptions(device), tolerance, force)
+    _print_artifact(artifact)
+
+
+@app.command("trt")
+def trt_cmd(
+    name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine from the FP16 ONNX graph (FP32 inputs/outputs).")]
+    = False,
+    batch: Annotated[Optional[int], typer.Option(help="Static batch size (a one-point profile).")] = None,
+    min_batch: Annotated[Optional[int], typer.Option(help="Dynamic batch profile: smallest batch.")] = None,
+    opt_batch: Annotated[Optional[int], typer.Option(help="Dynamic batch profile: batch to optimize for.")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Dynamic batch profile: largest batch.")] = None,
+    workspace: Annotated[Optional[float], typer.Option(help="Builder workspace limit in GB.")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache file (default: "
+                                                              "<out>/<recipe>/tensorrt-timing.cache).")] = None,
+    hardware_compat: Annotated[str, typer.Option(help="same (this GPU) or ampere+ (any Ampere or newer GPU).")]
+    = "same",
+    version_compatible: Annotated[bool, typer.Option("--version-compatible",
+                                                     help="Engine that later TensorRT versions can run.")] = False,
+    fp16_builder_flag: Annotated[bool, typer.Option("--fp16-builder-flag",
+                                                    help="TensorRT 10.x only: FP32 graph + the FP16 builder flag.")]
+    = False,
+    images: ImagesOption = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = False,
+    ema: EmaOption = False,
+    img_size: ImgSizeOption = None,
+    opset: OpsetOption = BACKEND_OPSET,
+    force: ForceOption = False,
+    out: OutOption = Path("effexport-out"),
+) -> None:
+    """Build a TensorRT engine (model.plan + layers.json) and verify it against PyTorch on the GPU."""
+    from effexport.exporter.backends import get_backend
+    from effexport.exporter.backends.tensorrt import TrtOptions
+
+    options = TrtOptions.from_batches(batch, min_batch, opt_batch, max_batch, workspace_gb=workspace,
+                                      timing_cache=timing_cache, hardware_compat=hardware_compat,
+                                      version_compatible=version_compatible, fp16_builder_flag=fp16_builder_flag)
+    get_backend("tensorrt").ensure_available("effexport trt")  # one line, before any export or build
+    from effexport.exporter.deploy import ensure_artifact, open_context
+
+    precision = "fp16" if fp16 else "fp32"
+    with _status(f"building TensorRT {precision} for {name}") as progress:
+        ctx = open_context(name, _source(weights, pretrained, ema, img_size, opset), out, images, progress)
+        artifact = ensure_artifact(ctx, "tensorrt", precision, options, force=force)
+    _print_artifact(artifact)
+
+
+def _warn_random(weights: dict | None) -> None:
+    if weights and weights.get("source") == "random":
+        err.print(f"[yellow]warning:[/] {weights['note']}")
+
+
+def _print_artifact(artifact) -> None:
+    report = artifact.report
+    _warn_random(report.get("weights"))
+    parity = report["parity"]
+    execution = report.get("execution", {})
+    runs = execution.get("execution_precision") or artifact.precision
+    state = "reused" if artifact.reused else "wrote"
+    console.print(f"{state} {artifact.path} ({artifact.backend} {artifact.precision}, executes {runs} on "
+                  f"{execution.get('device_name') or execution.get('device') or artifact.availability.device})")
+    console.print(f"parity vs PyTorch FP32: [green]passed[/] - max abs {parity['max_abs']:.2e}, rel "
+                  f"{parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 {parity['top1_agreement']:.0%},"
+                  f" top-5 {parity['top5_agreement']:.0%} over {parity['samples']} inputs "
+                  f"(tolerance: {_describe_tolerance(parity['tolerance'])})")
+    console.print(f"report: {artifact.folder / 'report.json'}")
+
+
+def _describe_tolerance(tol) -> str:
+    from effexport.exporter.parity import Tolerance
+
+    return (tol if isinstance(tol, Tolerance) else Tolerance(**tol)).describe()
+
+
+def _parse_tolerances(max_rel: Optional[float], items: list[str]) -> dict:
+    """`--max-rel X` (fp32) and `--tolerance PRECISION:KEY=VALUE` (repeatable) -> {precision: Tolerance}."""
+    from dataclasses import replace
+
+    from effexport.errors import UsageError
+    from effexport.exporter.parity import POLICY, tolerance_for
+
+    out = {"fp32": tolerance_for("fp32", max_rel=max_rel)} if max_rel is not None else {}
+    for item in items:
+        try:
+            precision, setting = item.split(":", 1)
+            key, value = setting.split("=", 1)
+            base = out.get(precision) or tolerance_for(precision)
+            if key not in ("max_rel", "min_cosine", "min_top1"):
+                raise ValueError
+            out[precision] = replace(base, **{key: float(value)})
+        except ValueError:
+            raise UsageError(f"--tolerance takes PRECISION:KEY=VALUE with PRECISION one of {', '.join(POLICY)} and "
+                             f"KEY one of max_rel, min_cosine, min_top1; got {item!r}") from None
+    return out
+
+
+def _available_backends() -> str:
+    from effexport.exporter.backends import probe_all
+
+    return ",".join(a.name for a in probe_all() if a.available)
+
+
+@app.command("verify")
+def verify_cmd(
+    name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
+    backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: every available one).")]
+    = None,
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, bf16 (int8: calibration).")]
+    = "fp32",
+    images: ImagesOption = None,
+    max_rel: Annotated[Optional[float], typer.Option(help="FP32 tolerance (of the logit range).")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Override, e.g. fp16:min_cosine=0.9995 "
+                                                                "(repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="OpenVINO device.")] = "CPU",
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = False,
+    ema: EmaOption = False,
+    img_size: ImgSizeOption = None,
+    opset: OpsetOption = BACKEND_OPSET,
+    out: OutOption = Path("effexport-out"),
+) -> None:
+    """Run every backend and precision on the same inputs and compare with PyTorch FP32 in one table."""
+    from effexport.errors import ParityError
+    from effexport.exporter.backends import BACKENDS, parse_list
+    from effexport.exporter.parity import POLICY
+
+    chosen = parse_list(backends or _available_backends(), BACKENDS, "backend")
+    precisions = parse_list(precision, POLICY, "precision")
+    tolerances = _parse_tolerances(max_rel, tolerance or [])
+    from effexport.exporter.backends.openvino import OvOptions
+    from effexport.exporter.verify import verify_recipe
+
+    with _status(f"verifying {name}") as progress:
+        result = verify_recipe(name, chosen, precisions, _source(weights, pretrained, ema, img_size, opset), images,
+                               tolerances, out, {"openvino": OvOptions(device)}, progress)
+    _warn_random(result.weights)
+    _print_verify(result)
+    if not result.passed:
+        rows = ", ".join(f"{r.backend} {r.precision} ({r.note or r.status})" for r in result.failures)
+        raise ParityError(f"{len(result.failures)} of {len(result.rows)} checks failed: {rows} (table: {result.path})")
+
+
+def _print_verify(result) -> None:
+    from rich import box
+    from rich.markup import escape
+
+    table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("backend", "precision", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
+        table.add_column(col, justify="left" if col in ("backend", "precision", "result") else "right",
+                         no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
+    for r in result.rows:
+        p = r.parity or {}
+        runs = r.execution.get("execution_precision")
+        precision = r.precision if runs in (None, r.precision) else f"{r.precision} ({runs})"
+        colour = {"passed": "green", "failed": "red", "error": "red"}.get(r.status, "yellow")
+        status = "n/a" if r.status == "not supported" else r.status
+        cells = [f"{p['max_abs']:.1e}", f"{p['max_rel']:.1e}", f"{p['min_cosine']:.6f}", f"{p['top1_agreement']:.0%}",
+                 f"{p['top5_agreement']:.0%}"] if "max_abs" in p else ["-"] * 5
+        table.add_row(r.backend, precision, *cells, f"[{colour}]{status}[/]")
+    console.print(table)
+    used = dict.fromkeys(r.precision for r in result.rows if r.status != "not supported")
+    console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used))
+    for r in result.rows:
+        if r.status == "error":
+            err.print(f"[red]{r.backend} {r.precision}:[/] {escape(r.note)}", highlight=False, soft_wrap=True)
+    console.print(f"table: {result.path}")
+
+
+@app.command("bench")
+def bench_cmd(
+    name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
+    backends: Annotated[str, typer.Option(help="Comma-separated: torch (the baseline, always run), onnxruntime, "
+                                               "openvino, tensorrt.")] = "torch,onnxruntime,openvino",
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions for the backends.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option(help="Threads for every backend (default: all CPUs).")] = None,
+    iters: Annotated[int, typer.Option(help="Timed runs per backend and batch size (after warm-up).")] = 50,
+    max_warmup: Annotated[int, typer.Option(help="Most warm-up runs (warm-up ends earlier once stable).")] = 100,
+    chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png (matplotlib).")] = True,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = False,
+    ema: EmaOption = False,
+    img_size: ImgSizeOption = None,
+    opset: OpsetOption = BACKEND_OPSET,
+    out: OutOption = Path("effexport-out"),
+) -> None:
+    """Time PyTorch eager and each backend with one harness: p50/p90/p99 latency, throughput, speed-up."""
+    from effexport.exporter.backends import BACKENDS, parse_list
+    from effexport.exporter.bench import BenchConfig
+    from effexport.exporter.bench_recipe import BASELINE, bench_recipe, check_backends, parse_batches
+    from effexport.exporter.parity import POLICY
+
+    chosen = parse_list(backends, [BASELINE, *BACKENDS], "backend")
+    batches = parse_batches(batch)
+    precisions = tuple(parse_list(precision, POLICY, "precision"))
+    config = BenchConfig(iters=iters, max_warmup=max_warmup, min_warmup=min(5, max_warmup))
+    check_backends(chosen)
+    if threads is not None and threads < 1:
+        raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(f"preparing {name}", total=None)
+
+        def stage(message: str) -> None:
+            bar.update(task, description=message)
+            logging.getLogger("effexport").info(message)
+
+        def timed(label: str, done: int, total: int) -> None:
+            bar.update(task, description=f"timing {label}", completed=done, total=total)
+
+        result = bench_recipe(name, chosen, batches, precisions, threads, config,
+                              _source(weights, pretrained, ema, img_size, opset), out, chart=chart, progress=stage,
+                              on_run=timed)
+    _print_bench(result)
+
+
+def _print_bench(result) -> None:
+    m = result.machine
+    from rich import box
+
+    table = Table(title=f"{result.recipe}: latency in ms on {m['cpu']}, {m['threads']} threads, load average "
+                        f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("backend", "precision", "batch", "p50", "p90", "p99", "img/s", "vs torch"):
+        table.add_column(col, justify="left" if col in ("backend", "precision") else "right",
+                         no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
+    for e in result.entries:
+        s = e.stats
+        runs = e.execution.get("execution_precision")
+        precision = e.precision if runs in (None, e.precision) else f"{e.precision} ({runs})"
+        table.add_row(e.backend, precision, str(e.batch), f"{s.p50 * 1e3:.1f}", f"{s.p90 * 1e3:.1f}",
+                      f"{s.p99 * 1e3:.1f}", f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-")
+    console.print(table)
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    console.print(f"{versions}; CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}")
+    console.print(f"results: {result.json_path}" + (f", chart: {result.chart_path}" if result.chart_path else ""))
+
+
+# ---------------------------------------------------------------------------------------------- end of backends
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 
@@ -207,7 +528,9 @@ def main() -> None:
     try:
         app()
     except EffexportError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages name pip extras like 'effexport[openvino]'
+
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: nothing half-written was left behind")

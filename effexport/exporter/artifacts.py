@@ -48,6 +48,20 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a temporary file beside it, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

@@ -1,10 +1,72 @@
-"""ONNX Runtime (CPU): the reference runtime every ONNX export is verified in."""
+"""ONNX Runtime (CPU): the reference runtime every ONNX export is verified in.
+
+Its artifacts are ONNX files: the verified FP32 export itself, and ONNX *variants* built from it (fp16: an FP16
+graph with FP32 inputs and outputs). Variants are also the sources other backends build from (TensorRT's FP16
+engine is built from the fp16 variant), so a new precision that is a transformation of the ONNX graph (the
+INT8 Q/DQ graph of the calibration work) plugs in here with `register_onnx_variant` and every ONNX-consuming
+backend can use it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from effexport.errors import UsageError
+from effexport.exporter.backends import Availability, BuildOutput, run_in_batches
+
+MODEL_FILE = "model.onnx"
+
+# precision -> builder(source_fp32_onnx, dest_onnx) -> (files written, info for the report)
+OnnxVariantBuilder = Callable[[Path, Path], tuple[list[Path], dict]]
+ONNX_VARIANTS: dict[str, OnnxVariantBuilder] = {}
+
+
+def register_onnx_variant(precision: str, builder: OnnxVariantBuilder) -> None:
+    ONNX_VARIANTS[precision] = builder
+
+
+def _fp16_variant(source: Path, dest: Path) -> tuple[list[Path], dict]:
+    from effexport.exporter.onnx_fp16 import fp16_graph_file
+
+    return fp16_graph_file(source, dest)
+
+
+register_onnx_variant("fp16", _fp16_variant)
+
+
+def probe() -> Availability:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return Availability("onnxruntime", False, reason=f"onnxruntime does not import ({exc}); pip install -e .")
+    return Availability("onnxruntime", True, version=ort.__version__, device="CPU",
+                        details={"providers": ort.get_available_providers()})
+
+
+def source_precision(precision: str, options: Any = None) -> str:
+    return "fp32"
+
+
+def build(source: Path, folder: Path, precision: str, options: Any = None) -> BuildOutput:
+    """The ONNX variant for `precision`, written into `folder` (fp32 needs no build: it is the export)."""
+    if precision not in ONNX_VARIANTS:
+        raise UsageError(f"ONNX Runtime has no {precision} variant; available: fp32, {', '.join(ONNX_VARIANTS)}")
+    files, info = ONNX_VARIANTS[precision](Path(source), Path(folder) / MODEL_FILE)
+    return BuildOutput(MODEL_FILE, [f.name for f in files], info)
+
+
+def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None = None, batch: int | None = None,
+                options: Any = None) -> OrtRunner:
+    runner = OrtRunner(artifact, threads=threads)
+    # ONNX Runtime's CPU provider has FP16 kernels for few operators and casts around the others.
+    runner.execution["execution_precision"] = precision
+    if precision == "fp16":
+        runner.execution["note"] = "FP16 graph; the CPU provider casts around operators without FP16 kernels"
+    return runner
 
 
 class OrtRunner:
@@ -21,6 +83,9 @@ class OrtRunner:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.execution = {"device": "CPU", "providers": self.session.get_providers(),
+                          "threads": threads or "onnxruntime default (physical cores)",
+                          "onnxruntime": ort.__version__}
 
     def __enter__(self) -> OrtRunner:
         return self
@@ -29,14 +94,5 @@ class OrtRunner:
         self.session = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.batch is None or len(x) == self.batch:
-            return self.session.run(None, {self.input_name: x})[0]
-        outs = []
-        for start in range(0, len(x), self.batch):
-            chunk = x[start:start + self.batch]
-            pad = self.batch - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outs.append(self.session.run(None, {self.input_name: chunk})[0][: self.batch - pad])
-        return np.concatenate(outs)
+        return run_in_batches(lambda chunk: self.session.run(None, {self.input_name: chunk})[0], x, self.batch,
+                              self.batch)

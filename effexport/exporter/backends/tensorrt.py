@@ -1,0 +1,377 @@
+"""TensorRT 10.x and 11.x engines (model.plan) built from the verified ONNX, and a runner for them.
+
+Written to the documented Python API of both majors. What differs:
+
+- TensorRT 11 builds strongly typed networks only: the FP16/INT8 builder flags, the INT8 calibrators and
+  EXPLICIT_BATCH are gone and precision comes from the ONNX graph. FP16 is therefore the FP16 ONNX graph with
+  FP32 inputs/outputs (verified on the CPU in ONNX Runtime first), built strongly typed. TensorRT 10 builds the
+  same way by default; `fp16_builder_flag` keeps 10.x's weakly typed alternative (FP32 graph + BuilderFlag.FP16).
+- EXPLICIT_BATCH is never set: since 10.0 every network is explicit-batch and the flag is an ignored,
+  deprecated member; 11.x removed it.
+- FP32 builds clear BuilderFlag.TF32 (on by default): TF32 rounds matmul/conv inputs to 10 mantissa bits, which
+  is not FP32 and would not meet the FP32 tolerance.
+
+The build function takes the `tensorrt` module as an argument so that tests can hand it a recording fake
+(tests/fakes/tensorrt.py) and check our calls on a machine without TensorRT or a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from effexport.errors import ExportError, MissingDependencyError, UsageError
+from effexport.exporter.backends import Availability, BuildOutput, run_in_batches
+from effexport.exporter.backends.cuda_env import cuda_environment
+
+log = logging.getLogger(__name__)
+
+EXTRA = "tensorrt"
+PLAN_FILE = "model.plan"
+LAYERS_FILE = "layers.json"
+TIMING_CACHE_FILE = "tensorrt-timing.cache"  # in <out>/<recipe>/, shared by every engine of the recipe
+SUPPORTED_MAJORS = (10, 11)
+HARDWARE_COMPAT = ("same", "ampere+")
+INSTALL_HINT = f"pip install 'effexport[{EXTRA}]' (NVIDIA's wheels) or use JetPack on Jetson"
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """Engine build options; batch sizes give the optimization profile of the dynamic batch dimension."""
+
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 1
+    workspace_gb: float | None = None
+    timing_cache: Path | None = None
+    hardware_compat: str = "same"
+    version_compatible: bool = False
+    fp16_builder_flag: bool = False  # TensorRT 10 only: FP32 graph + BuilderFlag.FP16 instead of the FP16 graph
+
+    def __post_init__(self):
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise UsageError(f"batch sizes must satisfy 1 <= min <= opt <= max, got min {self.min_batch}, "
+                             f"opt {self.opt_batch}, max {self.max_batch}")
+        if self.hardware_compat not in HARDWARE_COMPAT:
+            raise UsageError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}, "
+                             f"got {self.hardware_compat!r}")
+        if self.workspace_gb is not None and self.workspace_gb <= 0:
+            raise UsageError(f"--workspace must be positive (GB), got {self.workspace_gb}")
+
+    @classmethod
+    def from_batches(cls, batch: int | None = None, min_batch: int | None = None, opt_batch: int | None = None,
+                     max_batch: int | None = None, **kwargs: Any) -> TrtOptions:
+        """`--batch B` (a static profile) or `--min/--opt/--max-batch` (a range); not both."""
+        ranged = (min_batch, opt_batch, max_batch)
+        if batch is not None and any(v is not None for v in ranged):
+            raise UsageError("--batch and --min-batch/--opt-batch/--max-batch exclude each other")
+        if batch is not None:
+            return cls(batch, batch, batch, **kwargs)
+        high = max_batch or max(v or 1 for v in ranged)
+        low = min_batch or 1
+        return cls(low, opt_batch or high, high, **kwargs)
+
+    def identity(self) -> dict:
+        """What the engine depends on (the timing cache only changes how long the build takes)."""
+        d = asdict(self)
+        d.pop("timing_cache")
+        return d
+
+
+def default_options(options: TrtOptions | None, recipe_folder: Path) -> TrtOptions:
+    """Fill in the recipe's timing cache so that every rebuild starts from the last build's timings."""
+    options = options or TrtOptions()
+    if options.timing_cache is None:
+        options = replace(options, timing_cache=Path(recipe_folder) / TIMING_CACHE_FILE)
+    return options
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+
+def trt_major(trt: ModuleType) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def probe() -> Availability:
+    problems = []
+    version = None
+    try:
+        import tensorrt as trt
+
+        version = trt.__version__
+        if trt_major(trt) not in SUPPORTED_MAJORS:
+            problems.append(f"TensorRT {version} is not supported (10.x or 11.x)")
+    except ImportError:
+        problems.append(f"TensorRT is not installed ({INSTALL_HINT})")
+    env = cuda_environment()
+    if not env["gpus"]:
+        problems.append(f"no CUDA GPU is visible ({env['error'] or 'no device'})")
+    gpu = env["gpus"][0] if env["gpus"] else None
+    device = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else None
+    return Availability("tensorrt", not problems, version=version, device=device,
+                        reason=" and ".join(problems) or None, details=env)
+
+
+def require_tensorrt() -> ModuleType:
+    """The tensorrt module and a GPU, or one line naming what is missing."""
+    found = probe()
+    if not found.available:
+        raise MissingDependencyError(f"TensorRT needs {found.reason}")
+    import tensorrt as trt
+
+    return trt
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def source_precision(precision: str, options: TrtOptions | None = None) -> str:
+    """Strongly typed: an engine of precision P is built from the ONNX variant P (fp16: the FP16 graph; a Q/DQ
+    graph for int8), except with the 10.x FP16 builder flag, which starts from the FP32 graph."""
+    if precision == "fp16" and options is not None and options.fp16_builder_flag:
+        return "fp32"
+    return precision
+
+
+def network_flags(trt: ModuleType, strongly_typed: bool) -> int:
+    flags = 0
+    member = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed and member is not None:  # 11.x is strongly typed whether or not the member exists
+        flags |= 1 << int(member)
+    return flags
+
+
+def _make_logger(trt: ModuleType):
+    class RecordingLogger(trt.ILogger):
+        """Forwards TensorRT's messages to our log and keeps the errors for the one-line failure message."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                self.errors.append(str(msg))
+                log.error("TensorRT: %s", msg)
+            elif int(severity) == int(trt.ILogger.Severity.WARNING):
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return RecordingLogger()
+
+
+@dataclass
+class EngineBuild:
+    plan: bytes
+    layers: str  # the engine inspector's JSON
+    report: dict = field(default_factory=dict)
+
+
+def parse_onnx(trt: ModuleType, builder, logger, onnx_path: Path, strongly_typed: bool):
+    network = builder.create_network(network_flags(trt, strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from a file, so external weights are found beside it
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or logger.errors or ["no reason"]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ExportError(f"TensorRT {trt.__version__} could not parse {Path(onnx_path).name}: {errors[0]}{more}")
+    return network, parser
+
+
+def add_batch_profile(trt: ModuleType, builder, network, config, options: TrtOptions) -> dict:
+    """One optimization profile over the batch dimension: (min, opt, max) x C x H x W."""
+    inp = network.get_input(0)
+    shape = tuple(int(d) for d in inp.shape)
+    if len(shape) != 4 or any(d < 0 for d in shape[1:]):
+        raise ExportError(f"expected one NCHW input with only the batch dynamic, got {inp.name} {list(shape)}")
+    batches = (options.min_batch, options.opt_batch, options.max_batch)
+    if shape[0] >= 0:
+        if set(batches) != {shape[0]}:
+            raise UsageError(f"the ONNX model has a fixed batch of {shape[0]}; export it with a dynamic batch to "
+                             f"build batches {batches}")
+        return {"input": inp.name, "static_shape": list(shape)}
+    profile = builder.create_optimization_profile()
+    dims = [tuple([b, *shape[1:]]) for b in batches]
+    profile.set_shape(inp.name, *dims)
+    config.add_optimization_profile(profile)
+    return {"input": inp.name, "min": list(dims[0]), "opt": list(dims[1]), "max": list(dims[2])}
+
+
+def load_timing_cache(config, path: Path | None) -> dict:
+    """Start the build from the saved timing cache, or from an empty one if there is none or it does not fit
+    this TensorRT version and GPU (mixing foreign timings would only mislead tactic selection)."""
+    blob = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if config.set_timing_cache(cache, False):
+        return {"path": str(path) if path else None, "loaded_bytes": len(blob)}
+    log.warning("timing cache %s does not match this TensorRT version or GPU; starting a new one", path)
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+    return {"path": str(path), "loaded_bytes": 0, "rejected_bytes": len(blob)}
+
+
+def save_timing_cache(config, path: Path | None) -> int:
+    if path is None:
+        return 0
+    from effexport.exporter.artifacts import write_bytes
+
+    data = bytes(config.get_timing_cache().serialize())
+    write_bytes(Path(path), data)
+    return len(data)
+
+
+def configure(trt: ModuleType, config, precision: str, options: TrtOptions) -> list[str]:
+    """Builder flags and settings; returns what was set, for the report."""
+    done = []
+    if options.workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
+        done.append(f"workspace {options.workspace_gb:g} GiB")
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+        done.append("TF32 off")
+    if options.fp16_builder_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+        done.append("BuilderFlag.FP16")
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        done.append("BuilderFlag.VERSION_COMPATIBLE")
+    if options.hardware_compat == "ampere+":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        done.append("HardwareCompatibilityLevel.AMPERE_PLUS")
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer details for the engine inspector
+    return done
+
+
+def check_options(trt: ModuleType, precision: str, options: TrtOptions) -> None:
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"TensorRT builds fp32, fp16 or (from a Q/DQ graph) int8, not {precision}")
+    if options.fp16_builder_flag:
+        if trt_major(trt) >= 11:
+            raise UsageError(f"TensorRT {trt.__version__} has no FP16 builder flag (removed in 11.x): build the "
+                             f"FP16 ONNX graph instead (leave out the builder-flag option)")
+        if precision != "fp16":
+            raise UsageError("the FP16 builder flag only applies to --fp16 builds")
+
+
+def build_engine(trt: ModuleType, onnx_path: Path, precision: str, options: TrtOptions) -> EngineBuild:
+    """Parse the ONNX file, configure the builder and build the serialized engine, with the timing cache
+    loaded before and saved after; returns the plan, the engine inspector's layer JSON and a report."""
+    check_options(trt, precision, options)
+    strongly_typed = not options.fp16_builder_flag
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = parse_onnx(trt, builder, logger, Path(onnx_path), strongly_typed)
+    config = builder.create_builder_config()
+    settings = configure(trt, config, precision, options)
+    profile = add_batch_profile(trt, builder, network, config, options)
+    cache = load_timing_cache(config, options.timing_cache)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        reason = logger.errors[-1] if logger.errors else "see the log (rerun with -v)"
+        raise ExportError(f"TensorRT {trt.__version__} failed to build the engine: {reason}")
+    plan = bytes(plan)
+    cache["saved_bytes"] = save_timing_cache(config, options.timing_cache)
+    layers = inspect_engine(trt, plan, logger, options.version_compatible)
+    report = {"tensorrt": trt.__version__, "strongly_typed": strongly_typed,
+              "fp16_from": ("builder flag" if options.fp16_builder_flag else "FP16 ONNX graph")
+              if precision == "fp16" else None,
+              "settings": settings, "profile": profile, "timing_cache": cache, "options": options.identity()}
+    return EngineBuild(plan, layers, report)
+
+
+def inspect_engine(trt: ModuleType, plan: bytes, logger, host_code_allowed: bool) -> str:
+    runtime = trt.Runtime(logger)
+    if host_code_allowed:  # a version-compatible plan carries the lean runtime as host code
+        runtime.engine_host_code_allowed = True
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise ExportError(f"TensorRT {trt.__version__} cannot load the engine it just built")
+    inspector = engine.create_engine_inspector()
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+def build(source: Path, folder: Path, precision: str, options: TrtOptions | None = None) -> BuildOutput:
+    trt = require_tensorrt()
+    options = options or TrtOptions()
+    result = build_engine(trt, Path(source), precision, options)
+    (Path(folder) / PLAN_FILE).write_bytes(result.plan)
+    (Path(folder) / LAYERS_FILE).write_text(_pretty_json(result.layers))
+    info = {**result.report, "environment": cuda_environment()}
+    return BuildOutput(PLAN_FILE, [LAYERS_FILE, PLAN_FILE], info)
+
+
+def _pretty_json(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2) + "\n"
+    except ValueError:
+        return text
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None = None, batch: int | None = None,
+                options: TrtOptions | None = None) -> TrtRunner:
+    return TrtRunner(artifact, host_code_allowed=bool(options and options.version_compatible))
+
+
+class TrtRunner:
+    """Runs a plan on the first GPU with device buffers from torch.cuda (torch is a core dependency)."""
+
+    def __init__(self, plan: Path, host_code_allowed: bool = False):
+        trt = require_tensorrt()
+        import torch
+
+        self.torch = torch
+        self.trt = trt
+        self.logger = _make_logger(trt)
+        runtime = trt.Runtime(self.logger)
+        runtime.engine_host_code_allowed = host_code_allowed
+        self.engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:
+            raise ExportError(f"TensorRT {trt.__version__} cannot load {plan} (built by another version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        static = int(self.engine.get_tensor_shape(self.input)[0])
+        if static >= 0:
+            self.min_batch = self.max_batch = static
+        else:
+            low, _opt, high = self.engine.get_tensor_profile_shape(self.input, 0)
+            self.min_batch, self.max_batch = int(low[0]), int(high[0])
+        self.stream = torch.cuda.Stream()
+        env = cuda_environment()
+        self.execution = {"device": env["gpus"][0]["name"] if env["gpus"] else "cuda", "tensorrt": trt.__version__,
+                          "batch_range": [self.min_batch, self.max_batch], "cuda_runtime": env["cuda_runtime"]}
+
+    def __enter__(self) -> TrtRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.context = None
+        self.engine = None
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        np_dtype = self.trt.nptype(self.engine.get_tensor_dtype(self.output))
+        out_dtype = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+        with torch.cuda.stream(self.stream):
+            device_in = torch.from_numpy(x).to("cuda")
+            self.context.set_input_shape(self.input, tuple(device_in.shape))
+            self.context.set_tensor_address(self.input, device_in.data_ptr())
+            device_out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=out_dtype, device="cuda")
+            self.context.set_tensor_address(self.output, device_out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise ExportError(f"TensorRT execution failed: {self.logger.errors[-1:] or 'no reason given'}")
+        self.stream.synchronize()
+        return device_out.float().cpu().numpy()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return run_in_batches(self._infer, x, self.max_batch, self.min_batch)

@@ -1,0 +1,115 @@
+"""The timing harness on known sequences of durations and a fake clock: statistics, warm-up until stable, caps,
+speed-up. No wall-clock assertions."""
+
+import numpy as np
+import pytest
+
+from effexport.errors import UsageError
+from effexport.exporter.bench import BenchConfig, is_stable, measure, speedup, summarize, warm_up
+from effexport.exporter.bench_recipe import BenchEntry, _add_speedups, make_batch, parse_batches
+
+
+class FakeClock:
+    """Each step advances time by the next duration of a known sequence."""
+
+    def __init__(self, durations):
+        self.durations = list(durations)
+        self.now = 0.0
+        self.steps = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self):
+        self.now += self.durations[self.steps]
+        self.steps += 1
+
+
+def test_percentiles_of_a_known_sequence():
+    stats = summarize([i / 1000 for i in range(1, 101)], batch=4)  # 1 ms .. 100 ms
+    assert stats.p50 == pytest.approx(0.0505)
+    assert stats.p90 == pytest.approx(0.0901)
+    assert stats.p99 == pytest.approx(0.09901)
+    assert stats.min == 0.001 and stats.max == 0.1 and stats.runs == 100
+    assert stats.mean == pytest.approx(0.0505)
+    assert stats.throughput == pytest.approx(4 / 0.0505)
+    d = stats.to_dict()
+    assert d["p50_ms"] == 50.5 and d["throughput_ips"] == round(4 / 0.0505, 2)
+
+
+def test_percentiles_ignore_order_and_see_the_tail():
+    times = [0.010] * 98 + [0.500, 0.020]
+    shuffled = list(np.random.default_rng(0).permutation(times))
+    a, b = summarize(times, 1), summarize(shuffled, 1)
+    assert (a.p50, a.p90, a.p99, a.min, a.max) == (b.p50, b.p90, b.p99, b.min, b.max)
+    assert a.p50 == 0.010 and a.p90 == 0.010 and a.p99 > 0.02
+
+
+def test_warm_up_stops_when_the_rolling_median_settles():
+    # slow first runs (allocation, kernel choice), then a steady 10 ms with a little jitter
+    seq = [0.080, 0.050, 0.030, 0.020, 0.015, 0.012, 0.010, 0.0101, 0.0099, 0.010, 0.0102, 0.010, 0.0098, 0.010,
+           0.010, 0.0101, 0.010]
+    clock = FakeClock(seq + [0.010] * 50)
+    warm = warm_up(clock.step, BenchConfig(window=3, min_warmup=5, stable_rel=0.05), clock)
+    assert warm.stable
+    # at run 10 the medians of runs 5-7 (12 ms) and 8-10 (10 ms) differ by 17%; at run 11 those of runs 6-8
+    # (10.1 ms) and 9-11 (10.0 ms) differ by 1%, within 5%: warm-up ends there
+    assert warm.runs == 11 and clock.steps == 11
+    assert warm.last_median_s == pytest.approx(0.010)
+
+
+def test_warm_up_is_capped_and_says_not_stable():
+    clock = FakeClock([0.010 * 0.8 ** i for i in range(200)])  # keeps getting faster, never settles
+    warm = warm_up(clock.step, BenchConfig(window=3, max_warmup=30), clock)
+    assert not warm.stable and warm.runs == 30
+
+
+def test_warm_up_time_cap():
+    clock = FakeClock([1.5] * 100)
+    warm = warm_up(clock.step, BenchConfig(window=50, max_warmup=100, max_warmup_s=10.0), clock)
+    assert not warm.stable and warm.runs == 7  # 7 runs of 1.5 s pass the 10 s cap
+
+
+def test_single_outlier_does_not_break_stability():
+    assert is_stable([0.010, 0.010, 0.500, 0.010, 0.010, 0.010], window=3, stable_rel=0.05)
+    assert not is_stable([0.020, 0.020, 0.020, 0.010, 0.010, 0.010], window=3, stable_rel=0.05)
+    assert not is_stable([0.010] * 5, window=3, stable_rel=0.05)  # not two windows yet
+
+
+def test_measure_times_exactly_iters_runs_after_warm_up():
+    warm_seq = [0.010] * 10
+    timed = [0.001 * (i + 1) for i in range(20)]
+    clock = FakeClock(warm_seq + timed)
+    seen = []
+    warm, stats = measure(clock.step, 8, BenchConfig(iters=20, window=5, min_warmup=5), clock, on_run=seen.append)
+    assert warm.runs == 10 and stats.runs == 20 and seen == list(range(1, 21))
+    assert stats.min == pytest.approx(0.001) and stats.max == pytest.approx(0.020)
+    assert stats.p50 == pytest.approx(0.0105)
+
+
+def test_speedups_are_against_torch_at_the_same_batch():
+    def entry(backend, batch, p50):
+        stats = summarize([p50] * 3, batch)
+        return BenchEntry(backend, "fp32", batch, stats, None)
+
+    entries = [entry("torch", 1, 0.030), entry("torch", 8, 0.200), entry("openvino", 1, 0.010),
+               entry("openvino", 8, 0.050)]
+    _add_speedups(entries)
+    assert [e.speedup for e in entries] == pytest.approx([1.0, 1.0, 3.0, 4.0])
+    assert speedup(entries[0].stats, entries[2].stats) == pytest.approx(3.0)
+
+
+def test_batch_parsing_and_batches_of_real_inputs():
+    assert parse_batches("1,8,32,8") == [1, 8, 32]
+    with pytest.raises(UsageError):
+        parse_batches("1,x")
+    with pytest.raises(UsageError):
+        parse_batches("0")
+    inputs = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)
+    batch = make_batch(inputs, 5)
+    assert batch.shape == (5, 2) and (batch[3] == inputs[0]).all() and batch.flags["C_CONTIGUOUS"]
+
+
+def test_bench_config_is_validated():
+    with pytest.raises(UsageError, match="--iters"):
+        BenchConfig(iters=0)

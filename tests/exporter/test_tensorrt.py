@@ -1,0 +1,220 @@
+"""Our TensorRT build calls, checked against the recording fake (tests/fakes/tensorrt.py) for the 10.x and 11.x
+API surfaces. The fake never computes: these tests check flags, profiles, cache handling and error paths only;
+engines and their parity are tested under the `gpu` marker (tests/exporter/test_tensorrt_gpu.py)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from effexport.errors import ExportError, UsageError
+from effexport.exporter import onnx as onnx_stage
+from effexport.exporter.backends import tensorrt as trt_backend
+from effexport.exporter.backends.tensorrt import TrtOptions, build_engine, source_precision
+from tests.fakes.tensorrt import make_fake_tensorrt
+
+pytestmark = pytest.mark.tensorrt
+
+VERSIONS = ["10.9.0", "11.1.0"]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trt") / "model.onnx"
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+    onnx_stage.export_onnx(model, torch.randn(2, 3, 32, 32), path, 17, dynamic_batch=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def static_onnx_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trt_static") / "model.onnx"
+    onnx_stage.export_onnx(nn.Conv2d(3, 2, 1).eval(), torch.randn(1, 3, 8, 8), path, 17, dynamic_batch=False)
+    return path
+
+
+def _calls(trt, name):
+    return [c for c in trt.calls if c[0] == name]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fp32_build_is_strongly_typed_without_tf32_or_explicit_batch(version, onnx_file, tmp_path):
+    trt = make_fake_tensorrt(version)
+    result = build_engine(trt, onnx_file, "fp32", TrtOptions(timing_cache=tmp_path / "t.cache"))
+    (flags,) = [c[1] for c in _calls(trt, "create_network")]
+    assert flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        assert not flags & (1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    assert ("clear_flag", "TF32") in trt.calls and not _calls(trt, "set_flag")
+    assert ("profiling_verbosity", "DETAILED") in trt.calls
+    assert ("get_engine_information", "JSON") in trt.calls
+    assert json.loads(result.layers)["Layers"] and result.plan.startswith(b"FAKE-PLAN")
+    assert result.report["strongly_typed"] and result.report["tensorrt"] == version
+    assert _calls(trt, "parse_from_file") == [("parse_from_file", str(onnx_file))]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fp16_uses_the_fp16_graph_and_no_builder_flag(version, onnx_file):
+    trt = make_fake_tensorrt(version)
+    options = TrtOptions()
+    assert source_precision("fp16", options) == "fp16" and source_precision("fp32", options) == "fp32"
+    result = build_engine(trt, onnx_file, "fp16", options)
+    assert not _calls(trt, "set_flag") and not _calls(trt, "clear_flag")  # TF32 is not ours to forbid in fp16
+    assert result.report["fp16_from"] == "FP16 ONNX graph"
+
+
+def test_tensorrt_11_without_a_strongly_typed_member_builds_with_no_flags(onnx_file):
+    trt = make_fake_tensorrt("11.2.0", strongly_typed_member=False)
+    build_engine(trt, onnx_file, "fp16", TrtOptions())
+    assert _calls(trt, "create_network") == [("create_network", 0)]
+
+
+def test_tensorrt_10_fp16_builder_flag_path_is_weakly_typed(onnx_file):
+    trt = make_fake_tensorrt("10.3.0")
+    options = TrtOptions(fp16_builder_flag=True)
+    assert source_precision("fp16", options) == "fp32"  # the FP32 graph, with the flag
+    result = build_engine(trt, onnx_file, "fp16", options)
+    assert _calls(trt, "create_network") == [("create_network", 0)]
+    assert ("set_flag", "FP16") in trt.calls and result.report["fp16_from"] == "builder flag"
+
+
+def test_tensorrt_11_refuses_the_fp16_builder_flag_before_any_call(onnx_file):
+    trt = make_fake_tensorrt("11.0.0")
+    with pytest.raises(UsageError, match="no FP16 builder flag"):
+        build_engine(trt, onnx_file, "fp16", TrtOptions(fp16_builder_flag=True))
+    assert trt.calls == []
+
+
+@pytest.mark.parametrize("options, expected", [
+    (TrtOptions.from_batches(), ((1, 3, 32, 32),) * 3),
+    (TrtOptions.from_batches(batch=8), ((8, 3, 32, 32),) * 3),
+    (TrtOptions.from_batches(min_batch=1, opt_batch=4, max_batch=16), ((1, 3, 32, 32), (4, 3, 32, 32),
+                                                                       (16, 3, 32, 32))),
+    (TrtOptions.from_batches(max_batch=32), ((1, 3, 32, 32), (32, 3, 32, 32), (32, 3, 32, 32))),
+])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_optimization_profile_shapes(version, onnx_file, options, expected):
+    trt = make_fake_tensorrt(version)
+    result = build_engine(trt, onnx_file, "fp32", options)
+    assert _calls(trt, "set_shape") == [("set_shape", "input", *expected)]
+    assert _calls(trt, "add_optimization_profile") == [("add_optimization_profile",)]
+    assert result.report["profile"]["max"] == list(expected[2])
+
+
+def test_batch_options_are_validated():
+    with pytest.raises(UsageError, match="exclude each other"):
+        TrtOptions.from_batches(batch=4, max_batch=8)
+    with pytest.raises(UsageError, match="min <= opt <= max"):
+        TrtOptions.from_batches(min_batch=8, opt_batch=4, max_batch=16)
+    with pytest.raises(UsageError, match="hardware-compat"):
+        TrtOptions(hardware_compat="turing+")
+
+
+def test_a_fixed_batch_model_cannot_build_other_batches(static_onnx_file):
+    trt = make_fake_tensorrt()
+    with pytest.raises(UsageError, match="fixed batch of 1"):
+        build_engine(trt, static_onnx_file, "fp32", TrtOptions(8, 8, 8))
+    trt = make_fake_tensorrt()
+    build_engine(trt, static_onnx_file, "fp32", TrtOptions())
+    assert not _calls(trt, "set_shape")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_timing_cache_is_loaded_updated_and_saved(version, onnx_file, tmp_path):
+    cache = tmp_path / "sub" / "timing.cache"
+    first = make_fake_tensorrt(version)
+    report = build_engine(first, onnx_file, "fp32", TrtOptions(timing_cache=cache)).report
+    assert _calls(first, "create_timing_cache") == [("create_timing_cache", b"")]
+    assert report["timing_cache"]["loaded_bytes"] == 0
+    saved = cache.read_bytes()
+    assert json.loads(saved) == ["build 1"] and report["timing_cache"]["saved_bytes"] == len(saved)
+
+    second = make_fake_tensorrt(version)
+    report = build_engine(second, onnx_file, "fp32", TrtOptions(timing_cache=cache)).report
+    assert _calls(second, "create_timing_cache") == [("create_timing_cache", saved)]
+    assert report["timing_cache"]["loaded_bytes"] == len(saved)
+    assert json.loads(cache.read_bytes()) == ["build 1", "build 2"]
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # written atomically
+
+
+def test_a_foreign_timing_cache_is_replaced_by_a_new_one(onnx_file, tmp_path):
+    cache = tmp_path / "timing.cache"
+    foreign = json.dumps(["from another GPU"]).encode()
+    cache.write_bytes(foreign)
+    trt = make_fake_tensorrt(cache_matches=False)
+    report = build_engine(trt, onnx_file, "fp32", TrtOptions(timing_cache=cache)).report
+    assert [c[1] for c in _calls(trt, "create_timing_cache")] == [foreign, b""]
+    assert report["timing_cache"]["rejected_bytes"] > 0 and report["timing_cache"]["loaded_bytes"] == 0
+    assert json.loads(cache.read_bytes()) == ["build 1"]
+
+
+def test_no_timing_cache_path_keeps_the_cache_in_memory(onnx_file):
+    trt = make_fake_tensorrt()
+    report = build_engine(trt, onnx_file, "fp32", TrtOptions()).report
+    assert report["timing_cache"]["saved_bytes"] == 0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_hardware_and_version_compatibility(version, onnx_file):
+    trt = make_fake_tensorrt(version)
+    result = build_engine(trt, onnx_file, "fp32", TrtOptions(hardware_compat="ampere+", version_compatible=True,
+                                                             workspace_gb=2))
+    assert ("hardware_compatibility_level", "AMPERE_PLUS") in trt.calls
+    assert ("set_flag", "VERSION_COMPATIBLE") in trt.calls
+    assert ("set_memory_pool_limit", "WORKSPACE", 2 << 30) in trt.calls
+    assert ("deserialize_cuda_engine", True) in trt.calls  # version-compatible plans carry host code
+    assert "HardwareCompatibilityLevel.AMPERE_PLUS" in result.report["settings"]
+
+
+def test_defaults_leave_hardware_compat_and_workspace_alone(onnx_file):
+    trt = make_fake_tensorrt()
+    build_engine(trt, onnx_file, "fp32", TrtOptions())
+    assert not _calls(trt, "hardware_compatibility_level") and not _calls(trt, "set_memory_pool_limit")
+    assert ("deserialize_cuda_engine", False) in trt.calls
+
+
+def test_parser_errors_fail_in_one_line_before_building(onnx_file):
+    trt = make_fake_tensorrt(parse_errors=("No importer registered for op: FancyOp", "second error"))
+    with pytest.raises(ExportError, match=r"could not parse model.onnx: No importer registered for op: FancyOp "
+                                          r"\(and 1 more\)"):
+        build_engine(trt, onnx_file, "fp32", TrtOptions())
+    assert not _calls(trt, "build_serialized_network")
+
+
+def test_build_failure_reports_the_last_tensorrt_error(onnx_file, tmp_path):
+    trt = make_fake_tensorrt(build_error="out of workspace memory")
+    with pytest.raises(ExportError, match="failed to build the engine: out of workspace memory"):
+        build_engine(trt, onnx_file, "fp32", TrtOptions(timing_cache=tmp_path / "c"))
+    assert not (tmp_path / "c").exists()  # nothing is saved from a failed build
+
+
+def test_build_writes_the_plan_and_the_layer_json(onnx_file, tmp_path, monkeypatch):
+    trt = make_fake_tensorrt("11.1.0")
+    monkeypatch.setattr(trt_backend, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "cuda_environment", lambda: {"cuda_runtime": "13.0", "gpus": []})
+    output = trt_backend.build(onnx_file, tmp_path, "fp16", TrtOptions())
+    assert output.main == "model.plan" and sorted(output.files) == ["layers.json", "model.plan"]
+    assert (tmp_path / "model.plan").read_bytes().startswith(b"FAKE-PLAN")
+    assert json.loads((tmp_path / "layers.json").read_text())["Layers"] == ["fake layer"]
+    assert output.info["environment"]["cuda_runtime"] == "13.0" and output.info["tensorrt"] == "11.1.0"
+
+
+def test_default_options_put_the_timing_cache_in_the_recipe_folder(tmp_path):
+    options = trt_backend.default_options(None, tmp_path)
+    assert options.timing_cache == tmp_path / "tensorrt-timing.cache"
+    kept = trt_backend.default_options(TrtOptions(timing_cache=tmp_path / "mine"), tmp_path)
+    assert kept.timing_cache == tmp_path / "mine"
+    assert "timing_cache" not in options.identity()  # the cache changes build time, not the engine
+
+
+def test_probe_names_what_is_missing_here():
+    found = trt_backend.probe()
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert not found.available and "TensorRT is not installed" in found.reason
+        assert "effexport[tensorrt]" in found.reason
+    env = trt_backend.cuda_environment()
+    if not env["gpus"]:
+        assert not found.available and "no CUDA GPU is visible" in found.reason

@@ -1,0 +1,49 @@
+"""Real TensorRT engines on a real GPU: built from the verified ONNX, run, and compared with PyTorch. Marked `gpu`
+(excluded from the default run) and skipped where TensorRT or a CUDA GPU is missing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from effexport.exporter.backends import tensorrt as trt_backend
+from effexport.exporter.backends.tensorrt import TrtOptions
+from effexport.exporter.deploy import SourceSpec, ensure_artifact, open_context
+
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
+
+RECIPE = "mobilenetv3_small"
+SOURCE = SourceSpec(img_size=96)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    found = trt_backend.probe()
+    if not found.available:
+        pytest.skip(found.reason)
+    return open_context(RECIPE, SOURCE, tmp_path_factory.mktemp("gpu"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engine_builds_and_matches_pytorch(ctx, precision):
+    artifact = ensure_artifact(ctx, "tensorrt", precision, TrtOptions(min_batch=1, opt_batch=4, max_batch=8))
+    report = artifact.report
+    assert report["status"] == "passed" and report["parity"]["passed"]
+    assert (artifact.folder / "layers.json").is_file()
+    json.loads((artifact.folder / "layers.json").read_text())
+    env = report["build"]["environment"]
+    assert env["gpus"] and env["gpus"][0]["compute_capability"] and env["cuda_runtime"]
+    assert report["build"]["timing_cache"]["saved_bytes"] > 0
+    again = ensure_artifact(ctx, "tensorrt", precision, TrtOptions(min_batch=1, opt_batch=4, max_batch=8))
+    assert again.reused
+
+
+def test_runner_chunks_beyond_the_profile_and_pads_below_it(ctx):
+    artifact = ensure_artifact(ctx, "tensorrt", "fp32", TrtOptions(min_batch=2, opt_batch=4, max_batch=4))
+    reference = ctx.reference()
+    with trt_backend.TrtRunner(artifact.path) as runner:
+        assert (runner.min_batch, runner.max_batch) == (2, 4)
+        out = runner.run(reference.inputs[:11])  # chunks of 4, 4 and 3
+        one = runner.run(reference.inputs[:1])  # padded to 2
+    np.testing.assert_allclose(out, reference.outputs[:11], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(one, reference.outputs[:1], rtol=1e-3, atol=1e-4)
