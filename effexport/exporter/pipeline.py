@@ -72,6 +72,7 @@ class OnnxOptions:
     images: Path | None = None
     max_rel: float | None = None
     force: bool = False
+    calib: Path | None = None  # calibration images (INT8 with --int8)
 
     def __post_init__(self):
         if self.batch < 1:
@@ -163,6 +164,7 @@ def _fingerprint(recipe: Recipe, weights: WeightsSpec, options: OnnxOptions) -> 
     opts = asdict(options)
     opts.pop("force")
     opts["images"] = str(opts["images"]) if opts["images"] else None
+    opts["calib"] = str(opts["calib"]) if opts["calib"] else None
     key = {"recipe": recipe.name, "weights": weights.identity(recipe), "options": opts,
            "versions": tool_versions()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -57,6 +57,20 @@ class CheckpointLayout:
 
 
 @dataclass(frozen=True)
+class KeepFloat:
+    """Layers INT8 leaves in float: a regular expression searched in ONNX node names, and why.
+
+    The pattern FIRST_CONV stands for the first convolution in graph order, whatever its name.
+    """
+
+    pattern: str
+    reason: str
+
+
+FIRST_CONV = ":first-conv"
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     family: str
@@ -73,6 +87,8 @@ class Recipe:
     strict_graph: bool = True  # forbid BN/Identity/shape arithmetic in the exported graph
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Layers kept in float by every INT8 form (QDQ ONNX and NNCF); empty means effexport's default (first conv).
+    int8_keep_float: tuple[KeepFloat, ...] = ()
 
     @property
     def input_size(self) -> tuple[int, int, int]:
