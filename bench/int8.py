@@ -103,6 +103,7 @@ def nncf_default_int8(fp32: Path, calib: np.ndarray, out: Path) -> Path:
     import nncf
     import openvino as ov
 
+    nncf.set_log_level(logging.WARNING)
     model = nncf.quantize(ov.convert_model(str(fp32)), nncf.Dataset(list(calib), lambda x: x[None]),
                           subset_size=len(calib))
     ov.save_model(model, str(out), compress_to_fp16=False)
@@ -173,7 +174,8 @@ def bench_model(name: str, out: Path, calib_source: Path | None, method: str, ro
             "file": v.path.name, "lat1_ms": lat, "vs_fp32": lat / (fp32_lat[v.backend] * 1000),
             "b8_img_s": 8 / statistics.median(v.lat8), "size_mb": size_mb(v.path),
             "top1": parity.top1_agreement,
-            "top1_confident": float((reference.argmax(1) == y.argmax(1))[confident].mean()),
+            "top1_confident": float((reference.argmax(1) == y.argmax(1))[confident].mean()) if confident.any()
+            else float("nan"),
             "confident_n": int(confident.sum()), "mean_cos": parity.mean_cosine, "min_cos": parity.min_cosine,
             "views": len(x),
         })

@@ -50,6 +50,7 @@ def _ov_names(ov_model, keep_float: list[FloatLayer]) -> list[str]:
 def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[FloatLayer], xml: Path) -> dict:
     """Write `xml` (+ .bin) with NNCF INT8; returns what the manifest records about the run."""
     nncf, ov = require_nncf()
+    nncf.set_log_level(logging.WARNING)  # NNCF logs every ignored node at INFO on its own handler
     model = ov.convert_model(str(fp32_onnx))
     ignored = _ov_names(model, keep_float)
     if len(ignored) != len(keep_float):

@@ -1,20 +1,22 @@
 """INT8 ONNX with explicit QuantizeLinear/DequantizeLinear, built with ONNX Runtime's quantization tools.
 
 Two forms come from one calibration (one table of tensor ranges), because no single file is both fast and
-faithful everywhere (measured on this machine, see bench/int8.py):
+faithful everywhere (measured on this 2-core AVX2 CPU without VNNI; numbers in bench/int8.py's table):
 
-- `model_int8_qdq.onnx`, the portable form for TensorRT and OpenVINO: symmetric INT8 activations
-  (per-tensor, zero point 0) and per-channel INT8 weights on the output-channel axis, Q/DQ only on the inputs
-  of Conv/Gemm/MatMul, no Q/DQ on their outputs or biases. TensorRT accepts only this (zero points 0,
-  activations per-tensor, weights per output channel) and fuses each Conv with the activation that follows;
-  quantizing a Conv output before its ReLU6 would spend the 8-bit range on values the clip throws away
-  (measured on EfficientNet-Lite0: top-1 agreement 49% with that placement). OpenVINO runs it as INT8.
-  ONNX Runtime's CPU kernels only fuse DQ -> Conv -> Q into an integer convolution, so there this file
-  dequantizes and runs float convolutions: slower than FP32.
-- `model_int8_ort_cpu.onnx`, the form for ONNX Runtime on a CPU: UINT8 asymmetric activations on every
-  operator's inputs and outputs (so DQ -> Conv -> Q fuses into QLinearConv and ReLU/Clip fold into the
-  ranges), per-channel INT8 weights with 7-bit range (reduce_range: x86 CPUs without VNNI saturate 8-bit
-  u8*s8 products). Signed activations ran 3x slower than unsigned in ONNX Runtime on this CPU.
+- `model_int8_qdq.onnx`, the portable form, for TensorRT: symmetric INT8 activations (per-tensor, zero point
+  0) and per-channel INT8 weights on the output-channel axis, Q/DQ only on the inputs of Conv/Gemm/MatMul,
+  none on their outputs or biases. TensorRT accepts only this and fuses each Conv with the activation after
+  it. Quantizing a Conv output before its ReLU6 spends the 8-bit range on values the clip discards (measured
+  on EfficientNet-Lite0: top-1 agreement 49% with that placement, 93% without). Other runtimes run this file
+  but badly here: ONNX Runtime's CPU kernels fuse only DQ -> Conv -> Q into an integer convolution, so it
+  dequantizes and runs float convolutions (2.6x slower than FP32); OpenVINO's int8 kernels on x86 without
+  VNNI overflow on 8-bit weights (its output differed from ONNX Runtime's on the same file: cosine 0.64).
+- `model_int8_ort_cpu.onnx`, for ONNX Runtime on a CPU: UINT8 asymmetric activations on every operator's
+  inputs and outputs (DQ -> Conv -> Q fuses into QLinearConv, ReLU/Clip fold into the ranges) and per-channel
+  INT8 weights with a 7-bit range (reduce_range), since u8*s8 products saturate in 16 bits on x86 without
+  VNNI. Signed activations ran 3x slower than unsigned in ONNX Runtime here.
+
+OpenVINO gets its own model from NNCF (nncf_ov.py).
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ class QdqForm:
         return options
 
 
-PORTABLE = QdqForm("qdq", "model_int8_qdq.onnx", ("tensorrt", "openvino"), signed_activations=True,
+PORTABLE = QdqForm("qdq", "model_int8_qdq.onnx", ("tensorrt",), signed_activations=True,
                    reduce_range=False, op_types=WEIGHTED_OPS,
-                   description="symmetric INT8 Q/DQ on Conv/Gemm inputs, per-channel weights: TensorRT and "
-                               "OpenVINO (ONNX Runtime on a CPU runs it, slower than FP32)")
+                   description="symmetric INT8 Q/DQ on Conv/Gemm inputs, per-channel weights: TensorRT (ONNX "
+                               "Runtime runs it slower than FP32; OpenVINO on CPUs without VNNI, unfaithfully)")
 ORT_CPU = QdqForm("ort_cpu", "model_int8_ort_cpu.onnx", ("onnxruntime",), signed_activations=False,
                   reduce_range=True, op_types=None,
                   description="UINT8 activations, per-channel 7-bit INT8 weights: ONNX Runtime on a CPU")

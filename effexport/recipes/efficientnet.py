@@ -30,6 +30,8 @@ HEAVY_FROM = 5
 STEM_INT8 = KeepFloat(FIRST_CONV, "the stem sees the normalized image through 3 channels: little compute, large error")
 FIRST_BLOCK_INT8 = KeepFloat(r"/blocks/blocks\.0/", "after BN folding the first depthwise block's per-channel weight "
                              "ranges do not fit 8 bits: quantizing its weights alone cost 7% top-1 agreement")
+STAGE1_INT8 = KeepFloat(r"/blocks/blocks\.1/blocks\.1\.0/", "the first stride-2 expansion block is the next most "
+                        "sensitive: keeping it float raised top-1 agreement on held-out photos from 93% to 96%")
 SE_INT8 = KeepFloat(r"/se/conv_(reduce|expand)/", "squeeze-excitation gates scale whole channels from a pooled "
                     "vector: no compute to gain, their error multiplies into every pixel")
 
@@ -60,6 +62,6 @@ for _n, _size in SIZES.items():
 for _n, _size in LITE_SIZES.items():
     register_timm(f"efficientnet_lite{_n}", f"tf_efficientnet_lite{_n}", family="efficientnet-lite", size=_size,
                   rewrites=GENERIC_REWRITES, paper=LITE_PAPER, layouts=(_layout(),),
-                  int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8),
+                  int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8, STAGE1_INT8),
                   notes=f"the official TF-trained model (timm tf_efficientnet_lite{_n}); timm's own "
                         f"efficientnet_lite{_n} is a symmetric-padding re-implementation and is 'timm:efficientnet_lite{_n}'")
