@@ -196,7 +196,7 @@ def calibrate(
     = False,
     out: OutOption = Path("effexport-out"),
 ) -> None:
-    """Calibrate a recipe's verified ONNX and build its INT8 forms: QDQ ONNX for TensorRT/OpenVINO, an ONNX
+    """Calibrate a recipe's verified ONNX and build its INT8 forms: QDQ ONNX for TensorRT, an ONNX
     Runtime CPU form, and an NNCF OpenVINO model; writes calibration.json beside them."""
     from effexport.calibration.build import Int8Options, build_int8
     from effexport.exporter.pipeline import OnnxOptions, WeightsSpec

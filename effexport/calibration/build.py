@@ -33,7 +33,7 @@ from effexport.calibration import qdq
 from effexport.calibration.data import CalibrationData, load_calibration
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
 from effexport.errors import ExportError, ParityError, UsageError
-from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, recipe_dir, write_json
+from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, write_json
 from effexport.exporter.checkpoint import sha256_of
 from effexport.exporter.inputs import parity_inputs
 from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
@@ -47,6 +47,17 @@ CACHE_DIR = "calibration-cache"
 OPENVINO_FORM = "openvino"
 RANDOM_NOTE = ("random weights: INT8 agreement on a random model says nothing about a trained one, so the INT8 "
                "tolerance is reported, not enforced")
+
+
+# Which INT8 file each backend runs (measured: bench/int8.py). verify/bench/trt/openvino --int8 look it up here.
+BACKEND_FORMS = {"onnxruntime": "ort_cpu", "openvino": OPENVINO_FORM, "tensorrt": "qdq"}
+
+
+def form_for_backend(backend: str) -> str:
+    """The Int8Result.files key of the INT8 form `backend` should run."""
+    if backend not in BACKEND_FORMS:
+        raise UsageError(f"no INT8 form for backend {backend!r}; INT8 exists for {', '.join(BACKEND_FORMS)}")
+    return BACKEND_FORMS[backend]
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,14 @@ def test_openvino_nncf_model(fp32):
     assert result.manifest["data"]["kind"] == "builtin" and result.warnings
     outputs = build.run_model(xml, np.zeros((2, 3, 64, 64), np.float32))
     assert outputs.shape == (2, 1000)
+
+
+def test_every_backend_has_an_int8_form():
+    from effexport.calibration.qdq import FORMS
+    from effexport.errors import UsageError
+
+    for backend, form in build.BACKEND_FORMS.items():
+        assert build.form_for_backend(backend) == form
+        assert form in FORMS or form == build.OPENVINO_FORM
+    with pytest.raises(UsageError, match="no INT8 form"):
+        build.form_for_backend("coreml")
