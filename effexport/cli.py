@@ -190,6 +190,8 @@ def calibrate(
     pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")] = False,
     ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
     img_size: Annotated[Optional[int], typer.Option(help="Export resolution (default: the recipe's).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of photos for the parity checks.")] = None,
     min_cosine: Annotated[Optional[float], typer.Option(help="INT8 tolerance: smallest cosine (default 0.99).")] = None,
     min_top1: Annotated[Optional[float], typer.Option(help="INT8 tolerance: top-1 agreement (default 0.95).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
@@ -205,7 +207,8 @@ def calibrate(
     options = Int8Options(method=method, calib_size=calib_size, seed=seed, openvino=openvino, min_cosine=min_cosine,
                           min_top1=min_top1, force=force)
     with _status(f"calibrating {name}") as progress:
-        result = build_int8(name, calib, options, out, spec, OnnxOptions(img_size=img_size), progress)
+        result = build_int8(name, calib, options, out, spec,
+                            OnnxOptions(img_size=img_size, dynamic_batch=dynamic_batch, images=images), progress)
     _print_int8(result)
 
 
