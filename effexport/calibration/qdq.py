@@ -9,7 +9,7 @@ faithful everywhere (measured on this 2-core AVX2 CPU without VNNI; numbers in b
   it. Quantizing a Conv output before its ReLU6 spends the 8-bit range on values the clip discards (measured
   on EfficientNet-Lite0: top-1 agreement 49% with that placement, 93% without). Other runtimes run this file
   but badly here: ONNX Runtime's CPU kernels fuse only DQ -> Conv -> Q into an integer convolution, so it
-  dequantizes and runs float convolutions (2.6x slower than FP32); OpenVINO's int8 kernels on x86 without
+  dequantizes and runs float convolutions (2.5x to 2.8x slower than FP32); OpenVINO's int8 kernels on x86 without
   VNNI overflow on 8-bit weights (its output differed from ONNX Runtime's on the same file: cosine 0.64).
 - `model_int8_ort_cpu.onnx`, for ONNX Runtime on a CPU: UINT8 asymmetric activations on every operator's
   inputs and outputs (DQ -> Conv -> Q fuses into QLinearConv, ReLU/Clip fold into the ranges) and per-channel
