@@ -160,8 +160,10 @@ def onnx_cmd(
     max_rel: Annotated[Optional[float], typer.Option(help="FP32 parity tolerance (of the logit range).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
     out: OutOption = Path("effexport-out"),
+    int8: Annotated[bool, typer.Option("--int8", help="Also build the INT8 forms ('effexport calibrate').")] = False,
     calib: Annotated[Optional[Path], typer.Option(
-        "--calib", help="Calibration images: BatchNorm re-estimation of slimmable recipes.")] = None,
+        "--calib", help="Calibration images (a folder, or a .npy/.npz of preprocessed inputs): BatchNorm "
+                        "re-estimation of slimmable recipes, INT8 calibration with --int8.")] = None,
     width: WidthOption = None,
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
@@ -179,6 +181,8 @@ def onnx_cmd(
     with _status(f"exporting {name}") as progress:
         result = export_recipe(name, spec, options, out, progress)
     _print_export(result)
+    if int8:
+        _int8_after_export(name, spec, options, out)
 
 
 def _print_export(result) -> None:
@@ -519,6 +523,94 @@ def _print_bench(result) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- end of backends
+# ---------------------------------------------------------------------------------------------- int8 / calibrate
+# INT8: one calibration, every form (effexport/calibration/build.py). The backend commands call the same library.
+
+MethodOption = Annotated[str, typer.Option("--method", help="Calibration: minmax, entropy or percentile.")]
+CalibSizeOption = Annotated[Optional[int], typer.Option("--calib-size", help="Use a seeded sample of N images.")]
+
+
+@app.command()
+def calibrate(
+    name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration images: a folder (jpg/png/webp, "
+                                                  "recursive) or a .npy/.npz of preprocessed inputs; default: "
+                                                  "the built-in photographs.")] = None,
+    method: MethodOption = "minmax",
+    calib_size: CalibSizeOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --calib-size sample.")] = 0,
+    openvino: Annotated[Optional[bool], typer.Option("--openvino/--no-openvino", help="Build the NNCF OpenVINO "
+                                                     "model (default: when openvino and nncf are installed).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pth/.pt/.safetensors).")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")] = False,
+    ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
+    img_size: Annotated[Optional[int], typer.Option(help="Export resolution (default: the recipe's).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of photos for the parity checks.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(help="INT8 tolerance: smallest cosine (default 0.99).")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(help="INT8 tolerance: top-1 agreement (default 0.95).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
+    = False,
+    out: OutOption = Path("effexport-out"),
+) -> None:
+    """Calibrate a recipe's verified ONNX and build its INT8 forms: QDQ ONNX for TensorRT, an ONNX
+    Runtime CPU form, and an NNCF OpenVINO model; writes calibration.json beside them."""
+    from effexport.calibration.build import Int8Options, build_int8
+    from effexport.exporter.pipeline import OnnxOptions, WeightsSpec
+
+    spec = WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema)
+    options = Int8Options(method=method, calib_size=calib_size, seed=seed, openvino=openvino, min_cosine=min_cosine,
+                          min_top1=min_top1, force=force)
+    with _status(f"calibrating {name}") as progress:
+        result = build_int8(name, calib, options, out, spec,
+                            OnnxOptions(img_size=img_size, dynamic_batch=dynamic_batch, images=images), progress)
+    _print_int8(result)
+
+
+def _int8_after_export(name: str, spec, onnx_options, out: Path) -> None:
+    from effexport.calibration.build import build_int8
+
+    with _status(f"calibrating {name}") as progress:
+        result = build_int8(name, onnx_options.calib, out=out, weights=spec, onnx_options=onnx_options,
+                            progress=progress)
+    _print_int8(result)
+
+
+def _print_int8(result) -> None:
+    manifest = result.manifest
+    data = manifest["data"]
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    if manifest.get("parity_note"):
+        err.print(f"[yellow]warning:[/] {manifest['parity_note']}")
+    source = "built-in photographs" if data["kind"] == "builtin" else data["source"]
+    console.print(f"calibration: {data['count']} inputs from {source}, method {manifest['method']}; cache "
+                  f"{manifest['cache']['file']} ({'reused' if result.cache_reused else 'written'})")
+    if data["skipped"]:
+        names = ", ".join(s["file"] for s in data["skipped"])
+        err.print(f"[yellow]skipped {len(data['skipped'])} unreadable file(s):[/] {names}")
+    table = Table(title=f"INT8 forms of {manifest['recipe']}" + (" (reused)" if result.reused else ""))
+    for col in ("file", "for", "size", "top-1", "cosine (min)", "parity"):
+        table.add_column(col, justify="right" if col in ("size", "top-1", "cosine (min)") else "left")
+    for form_name, form in manifest["forms"].items():
+        parity = manifest["parity"][form_name]
+        verdict = ("[green]passed[/]" if parity["passed"] else "[red]failed[/]") if manifest["parity_judged"] \
+            else ("within" if parity["passed"] else "outside") + " (not enforced)"
+        table.add_row(form["file"], ", ".join(form["backends"]), f"{form['bytes'] / 1e6:.1f} MB",
+                      f"{parity['top1_agreement']:.0%}", f"{parity['min_cosine']:.4f}", verdict)
+    console.print(table)
+    console.print(f"INT8 tolerance {manifest['tolerance']} vs the FP32 model on {manifest['parity_inputs']}")
+    check = manifest["qdq_check"]
+    console.print(f"QDQ form check (TensorRT rules): {'passed' if check['passed'] else 'FAILED'} - "
+                  f"{check['activation_quantizers']} activation quantizers per-tensor, zero points 0, "
+                  f"{check['weight_quantizers']} weights per output channel")
+    by_reason: dict[str, list[str]] = {}
+    for layer in manifest["keep_float"]:
+        by_reason.setdefault(layer["reason"], []).append(layer["node"])
+    for reason, nodes in by_reason.items():
+        shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+        console.print(f"kept in float ({len(nodes)}): {shown} - {reason}", highlight=False)
+    console.print(f"manifest: {result.manifest_path}")
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -1,1 +1,13 @@
-"""Calibration data and INT8. The built-in photographs live in images/ (licences in images/LICENSES.md)."""
+"""Calibration data and INT8. The built-in photographs live in images/ (licences in images/LICENSES.md).
+
+Library entry points (the CLI and the backend commands call these):
+- `build.build_int8(recipe, calib_source, Int8Options(...), out, weights, onnx_options)`: export or reuse the
+  verified FP32 ONNX, calibrate once (cached), build every INT8 form, check and verify them -> Int8Result.
+- `build.ensure_int8(recipe, fp32_path, preprocess, calib_source, options)`: the same beside an existing export.
+- `build.form_for_backend(backend)`: which of Int8Result.files a backend runs.
+- `build.int8_parity(reference, path, inputs)`: INT8 parity under tolerance_for("int8").
+- `qdq.check_tensorrt_qdq(path)`: TensorRT's QDQ rules (zero points 0, per-tensor activations,
+  per-output-channel weights).
+- `data.load_calibration(source, preprocess, size, seed)`: calibration inputs and their manifest.
+- `heldout.heldout_inputs(preprocess)`: photographs never used for calibration, for judging INT8 (eval extra).
+"""

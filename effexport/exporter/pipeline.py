@@ -72,7 +72,7 @@ class OnnxOptions:
     images: Path | None = None
     max_rel: float | None = None
     force: bool = False
-    calib: Path | None = None  # calibration images: BatchNorm re-estimation of slimmable recipes
+    calib: Path | None = None  # calibration images: slimmable BN re-estimation, INT8
     width: float | None = None  # slimmable recipes: the point to export, or a budget to choose it by
     resolution: int | None = None
     budget_mflops: float | None = None

@@ -79,6 +79,20 @@ def option_flag(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class KeepFloat:
+    """Layers INT8 leaves in float: a regular expression searched in ONNX node names, and why.
+
+    The pattern FIRST_CONV stands for the first convolution in graph order, whatever its name.
+    """
+
+    pattern: str
+    reason: str
+
+
+FIRST_CONV = ":first-conv"
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     family: str
@@ -102,6 +116,8 @@ class Recipe:
     # the report (slimmable recipes re-estimate BatchNorm statistics for their width and resolution here).
     finalize: Callable[[nn.Module], tuple[nn.Module, dict]] | None = None
     configuration: Mapping[str, Any] = field(default_factory=dict)  # what `configure` chose, for the report
+    # Layers kept in float by every INT8 form (QDQ ONNX and NNCF); empty means effexport's default (first conv).
+    int8_keep_float: tuple[KeepFloat, ...] = ()
 
     @property
     def input_size(self) -> tuple[int, int, int]:

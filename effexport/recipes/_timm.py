@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from effexport.errors import MissingDependencyError, UsageError
-from effexport.recipes import CheckpointLayout, Preprocess, Recipe, register
+from effexport.recipes import CheckpointLayout, KeepFloat, Preprocess, Recipe, register
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def register_timm(
     heavy: bool = False,
     timm_alias: bool = True,
     notes: str = "",
+    int8_keep_float: tuple[KeepFloat, ...] = (),
 ) -> Recipe:
     """Register a recipe built by timm; timm's own name becomes an alias when it names the same model."""
     if timm_alias and not model_kwargs and timm_name != name and timm_name not in aliases:
@@ -119,6 +120,7 @@ def register_timm(
         pretrained_available=_has_pretrained(timm_name, pretrained_tag) and not model_kwargs,
         heavy=heavy,
         notes=notes,
+        int8_keep_float=int8_keep_float,
     ))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from effexport.exporter.checkpoint import map_by_order
 from effexport.exporter.rewrite import GENERIC_REWRITES, pad_channels, set_submodule
-from effexport.recipes import CheckpointLayout
+from effexport.recipes import FIRST_CONV, CheckpointLayout, KeepFloat
 from effexport.recipes._timm import register_timm
 
 PAPER = "ReXNet, CVPR 2021 (arXiv 2007.00992)"
@@ -63,6 +63,13 @@ def pad_shortcut_add(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     return model
 
 
+# INT8 keep-float layers (judged on random weights only: no trained ReXNet is reachable here).
+INT8_KEEP_FLOAT = (
+    KeepFloat(FIRST_CONV, "the stem sees the normalized image through 3 channels: little compute, large error"),
+    KeepFloat(r"/se/fc[12]/", "squeeze-excitation gates scale whole channels from a pooled vector: no compute to "
+              "gain, their error multiplies into every pixel"),
+)
+
 UPSTREAM = CheckpointLayout(
     name="rexnet original repository (rexnetv1.py)",
     detect=lambda sd: "features.0.weight" in sd and "output.1.weight" in sd,
@@ -79,5 +86,6 @@ for _name, (_timm_name, _width) in VARIANTS.items():
         paper=PAPER,
         model_kwargs={"width_mult": _width} if _name == "rexnet_0.9" else None,
         layouts=(UPSTREAM,),
+        int8_keep_float=INT8_KEEP_FLOAT,
         notes="width 0.9 has no timm entry point; built from timm's RexNet class" if _name == "rexnet_0.9" else "",
     )

@@ -1,0 +1,293 @@
+"""INT8 from one calibration: the calibration cache, every INT8 form, its checks and the calibration manifest.
+
+    <out>/<recipe>/model.onnx                    FP32, verified against PyTorch (effexport onnx)
+    <out>/<recipe>/model_int8_qdq.onnx           portable QDQ: TensorRT and OpenVINO
+    <out>/<recipe>/model_int8_ort_cpu.onnx       ONNX Runtime on a CPU
+    <out>/<recipe>/model_int8.xml/.bin           OpenVINO-native NNCF INT8 (when openvino and nncf are installed)
+    <out>/<recipe>/calibration.json              the calibration manifest
+    <out>/<recipe>/calibration-cache/<key>.json  tensor ranges, keyed by model, preprocessing, data and method
+
+The integration with the backend commands calls `build_int8` (or `ensure_int8` with an exported model) and
+reads the paths from `Int8Result.files`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from effexport import __version__
+from effexport.calibration import qdq
+from effexport.calibration.data import CalibrationData, load_calibration
+from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
+from effexport.errors import ExportError, ParityError, UsageError
+from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, write_json
+from effexport.exporter.checkpoint import sha256_of
+from effexport.exporter.inputs import parity_inputs
+from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
+from effexport.recipes import Preprocess, Recipe, get_recipe
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+MANIFEST_FILE = "calibration.json"
+CACHE_DIR = "calibration-cache"
+OPENVINO_FORM = "openvino"
+RANDOM_NOTE = ("random weights: INT8 agreement on a random model says nothing about a trained one, so the INT8 "
+               "tolerance is reported, not enforced")
+
+
+# Which INT8 file each backend runs (measured: bench/int8.py). verify/bench/trt/openvino --int8 look it up here.
+BACKEND_FORMS = {"onnxruntime": "ort_cpu", "openvino": OPENVINO_FORM, "tensorrt": "qdq"}
+
+
+def form_for_backend(backend: str) -> str:
+    """The Int8Result.files key of the INT8 form `backend` should run."""
+    if backend not in BACKEND_FORMS:
+        raise UsageError(f"no INT8 form for backend {backend!r}; INT8 exists for {', '.join(BACKEND_FORMS)}")
+    return BACKEND_FORMS[backend]
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    method: str = "minmax"  # minmax | entropy | percentile
+    calib_size: int | None = None  # deterministic seeded sample of this many images; None: all
+    seed: int = 0
+    percentile: float = 99.999  # for method "percentile"
+    openvino: bool | None = None  # NNCF OpenVINO model: None = when openvino and nncf are installed
+    min_cosine: float | None = None  # override the INT8 tolerance
+    min_top1: float | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        if self.method not in qdq.METHODS:
+            raise UsageError(f"unknown calibration method {self.method!r}; expected one of {', '.join(qdq.METHODS)}")
+        if not 50.0 < self.percentile < 100.0:
+            raise UsageError(f"percentile must be in (50, 100), got {self.percentile}")
+
+
+@dataclass
+class Int8Result:
+    """What one INT8 build produced. `files` maps a form to its path: "qdq" (TensorRT, OpenVINO),
+    "ort_cpu" (ONNX Runtime CPU), "openvino" (NNCF OpenVINO IR .xml, when built)."""
+
+    recipe: str
+    dest: Path
+    fp32: Path
+    files: dict[str, Path]
+    manifest_path: Path
+    manifest: dict
+    cache_path: Path
+    cache_reused: bool
+    reused: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def parity(self) -> dict[str, dict]:
+        return self.manifest.get("parity", {})
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"effexport": __version__, "python": platform.python_version()}
+    for dist in ("onnx", "onnxruntime", "openvino", "nncf", "numpy", "timm", "torch"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "absent"
+    return versions
+
+
+def cache_key(model_sha256: str, data: CalibrationData, options: Int8Options) -> str:
+    """Model hash + preprocessing + data manifest + method (+ the ONNX Runtime that computed the ranges)."""
+    key = {"model": model_sha256, "data": data.digest(), "preprocessing": data.preprocessing,
+           "method": options.method, "percentile": options.percentile if options.method == "percentile" else None,
+           "onnxruntime": tool_versions()["onnxruntime"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def int8_parity(reference: np.ndarray, candidate_path: Path, inputs: np.ndarray,
+                tolerance: Tolerance | None = None) -> ParityReport:
+    """Run an INT8 ONNX (ONNX Runtime) or OpenVINO IR (.xml) on `inputs`, compare with the FP32 reference
+    outputs under the INT8 policy (cosine >= 0.99, top-1 agreement >= 95% unless overridden)."""
+    return compare(reference, run_model(candidate_path, inputs), tolerance or tolerance_for("int8"))
+
+
+def run_model(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Outputs of an ONNX file (ONNX Runtime, CPU) or an OpenVINO IR (OpenVINO, CPU, f32 hint)."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        # A minimal OpenVINO call until the shared OpenVINO runner lands; f32 hint: no silent bf16 on AMX CPUs.
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        return np.concatenate([request.infer({0: inputs[i:i + 1]})[compiled.output(0)].copy()
+                               for i in range(len(inputs))])
+    from effexport.exporter.backends.onnxruntime import OrtRunner
+
+    with OrtRunner(path) as runner:
+        return runner.run(inputs)
+
+
+def build_int8(recipe_name: str, calib_source: Path | None = None, options: Int8Options = Int8Options(),
+               out: Path = DEFAULT_OUT, weights=None, onnx_options=None,
+               progress: Progress | None = None) -> Int8Result:
+    """Export (or reuse) the verified FP32 ONNX of `recipe_name`, then build every INT8 form from one
+    calibration on `calib_source` (image folder, .npy/.npz, or None for the built-in photographs).
+
+    `weights` and `onnx_options` are the pipeline's WeightsSpec and OnnxOptions for the FP32 export.
+    Raises UsageError (bad data), ExportError (a form fails its checks), ParityError (a form of a model with
+    real weights is outside the INT8 tolerance; its files are not published).
+    """
+    from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
+
+    weights = weights or WeightsSpec()
+    onnx_options = onnx_options or OnnxOptions()
+    exported = export_recipe(recipe_name, weights, onnx_options, out, progress)
+    recipe = get_recipe(recipe_name)
+    pp = recipe.preprocess.at(onnx_options.img_size) if onnx_options.img_size else recipe.preprocess
+    random_weights = exported.report["weights"]["source"] == "random"
+    return ensure_int8(recipe, Path(exported.path), pp, calib_source, options, random_weights=random_weights,
+                       images=onnx_options.images, progress=progress)
+
+
+def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path | None,
+                options: Int8Options = Int8Options(), *, random_weights: bool = False, images: Path | None = None,
+                progress: Progress | None = None) -> Int8Result:
+    """INT8 forms beside an already verified FP32 `fp32` (model.onnx); reuses the cache and unchanged artifacts."""
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    dest = fp32.parent
+    say("reading calibration data")
+    data = load_calibration(calib_source, pp, options.calib_size, options.seed)
+    model_sha = sha256_of(fp32)
+    key = cache_key(model_sha, data, options)
+    cache = dest / CACHE_DIR / f"{options.method}-{key}.json"
+    want_openvino = nncf_available() if options.openvino is None else options.openvino
+    rules = qdq.keep_float_rules(recipe)
+    fingerprint = _fingerprint(key, want_openvino, rules, options)
+    if not options.force and (previous := _reusable(dest, fingerprint)) is not None and cache.is_file():
+        say("reusing the INT8 artifacts and calibration cache (nothing changed)")
+        return Int8Result(recipe.name, dest, fp32, _files(dest, previous), dest / MANIFEST_FILE, previous, cache,
+                          cache_reused=True, reused=True, warnings=list(data.warnings))
+
+    fp32_model = onnx.load(str(fp32), load_external_data=False)
+    keep_float = qdq.resolve_keep_float(fp32_model, rules)
+    del fp32_model
+    manifest: dict = {
+        "recipe": recipe.name,
+        "fp32_model": {"file": fp32.name, "sha256": model_sha},
+        "weights": "random" if random_weights else "trained",
+        "method": options.method,
+        "percentile": options.percentile if options.method == "percentile" else None,
+        "data": data.manifest(),
+        "cache": {"file": str(cache.relative_to(dest)), "key": key},
+        "keep_float": [asdict(f) for f in keep_float],
+        "versions": tool_versions(),
+        "fingerprint": fingerprint,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    cache_reused = cache.is_file() and not options.force
+    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=dest) as work:
+        if cache_reused:
+            say(f"reusing calibration cache {cache.name}")
+        else:
+            say(f"calibrating ({options.method}) on {data.count} inputs")
+            qdq.calibrate_ranges(fp32, data.inputs, options.method, cache, Path(work), options.percentile)
+    manifest["cache"]["reused"] = cache_reused
+    tolerance = tolerance_for("int8", min_cosine=options.min_cosine, min_top1=options.min_top1)
+    inputs, described = parity_inputs(pp, images_dir=images)
+    from effexport.exporter.backends.onnxruntime import OrtRunner
+
+    with OrtRunner(fp32) as runner:
+        reference = runner.run(inputs)
+    manifest["parity_inputs"] = described
+    manifest["tolerance"] = {k: v for k, v in asdict(tolerance).items() if v is not None}
+    with Staging(dest) as staging:
+        forms, publish = {}, []
+        for form in qdq.FORMS.values():
+            say(f"quantizing: {form.filename}")
+            target = staging.path / form.filename
+            qdq.build_form(fp32, target, form, cache, options.method, keep_float)
+            forms[form.name] = {"file": form.filename, "backends": list(form.backends),
+                                "description": form.description, "sha256": sha256_of(target),
+                                "bytes": target.stat().st_size}
+            publish.append(form.filename)
+        check = qdq.check_tensorrt_qdq(staging.path / qdq.PORTABLE.filename)
+        manifest["qdq_check"] = check.to_dict()
+        if not check.passed:
+            raise ExportError(f"{qdq.PORTABLE.filename} is not in TensorRT's QDQ form: {'; '.join(check.problems[:3])}"
+                              f" (onnxruntime {tool_versions()['onnxruntime']} quantizer output changed?)")
+        if want_openvino:
+            say("quantizing for OpenVINO with NNCF")
+            xml = staging.path / NNCF_XML
+            info = quantize_openvino(fp32, data.inputs, keep_float, xml)
+            forms[OPENVINO_FORM] = {"file": NNCF_XML, "weights_file": NNCF_BIN, "backends": ["openvino"],
+                                    "description": "NNCF INT8 OpenVINO IR (UINT8 activations: OpenVINO only)",
+                                    "sha256": sha256_of(xml), "bytes": xml.stat().st_size +
+                                    xml.with_suffix(".bin").stat().st_size, "nncf": info}
+            publish += [NNCF_BIN, NNCF_XML]
+        manifest["forms"] = forms
+        say("checking INT8 parity")
+        manifest["parity"] = {name: int8_parity(reference, staging.path / f["file"], inputs, tolerance).to_dict()
+                              for name, f in forms.items()}
+        failed = {n: p for n, p in manifest["parity"].items() if not p["passed"]}
+        manifest["parity_judged"] = not random_weights
+        if random_weights:
+            manifest["parity_note"] = RANDOM_NOTE
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
+        if failed and not random_weights:
+            manifest["status"] = "failed"
+            for stale in [f["file"] for f in forms.values()] + [NNCF_BIN]:
+                (dest / stale).unlink(missing_ok=True)  # older INT8 files do not match this manifest
+            write_json(dest / MANIFEST_FILE, manifest)
+            detail = "; ".join(f"{n}: {', '.join(p['failures'])}" for n, p in failed.items())
+            raise ParityError(f"{recipe.name}: INT8 differs from FP32 beyond the tolerance ({detail}); try "
+                              f"--method percentile or entropy, more --calib images, or keep more layers in float "
+                              f"(manifest: {dest / MANIFEST_FILE})")
+        manifest["status"] = "passed"
+        staging.publish(publish)
+    _remove_stale(dest, want_openvino)
+    write_json(dest / MANIFEST_FILE, manifest)
+    return Int8Result(recipe.name, dest, fp32, _files(dest, manifest), dest / MANIFEST_FILE, manifest, cache,
+                      cache_reused, warnings=list(data.warnings))
+
+
+def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options) -> str:
+    key = {"cache": cache_key_, "openvino": openvino, "rules": [asdict(r) for r in rules],
+           "forms": [asdict(f) for f in qdq.FORMS.values()], "tolerance": [options.min_cosine, options.min_top1],
+           "versions": tool_versions()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _files(dest: Path, manifest: dict) -> dict[str, Path]:
+    return {name: dest / form["file"] for name, form in manifest.get("forms", {}).items()}
+
+
+def _reusable(dest: Path, fingerprint: str) -> dict | None:
+    manifest = read_json(dest / MANIFEST_FILE)
+    if not manifest or manifest.get("fingerprint") != fingerprint or manifest.get("status") != "passed":
+        return None
+    for form in manifest.get("forms", {}).values():
+        path = dest / form["file"]
+        if not path.is_file() or sha256_of(path) != form["sha256"]:
+            return None
+    return manifest
+
+
+def _remove_stale(dest: Path, openvino_built: bool) -> None:
+    if not openvino_built:  # an NNCF model from an earlier calibration no longer matches the manifest
+        for name in (NNCF_XML, NNCF_BIN):
+            (dest / name).unlink(missing_ok=True)

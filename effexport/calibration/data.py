@@ -1,0 +1,165 @@
+"""Calibration data: an image folder, a .npy/.npz array of preprocessed inputs, or the built-in photographs.
+
+Images go through the recipe's own preprocessing (timm's eval transform, the same function the parity check
+uses). A sample of N is drawn deterministically: the files are shuffled with a fixed seed and read in that
+order until N readable images are found, so a corrupt file does not shrink the sample, and the same folder
+and seed always give the same set. Every file read is hashed into the data manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from effexport.errors import UsageError
+from effexport.exporter.inputs import BUILTIN_DIR, image_files, preprocess_images, read_images
+from effexport.recipes import Preprocess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 0
+ARRAY_SUFFIXES = {".npy", ".npz"}
+ARRAY_KEYS = ("input", "inputs", "x", "images")  # accepted names of the array inside a .npz
+BUILTIN_WARNING = ("calibrating on the 9 built-in photographs: INT8 ranges fitted to data unlike your deployment "
+                   "images cost accuracy; pass --calib DIR with a few hundred of your own images")
+
+
+@dataclass(frozen=True)
+class DataItem:
+    name: str  # file name relative to the source (for arrays: "<file>[index]")
+    sha256: str
+
+
+@dataclass
+class CalibrationData:
+    """Preprocessed calibration inputs (NCHW float32) and the manifest of where each came from."""
+
+    inputs: np.ndarray
+    source: str  # "builtin", the folder, or the array file
+    kind: str  # "builtin" | "folder" | "array"
+    items: list[DataItem]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    available: int = 0  # candidate files (or array rows) before sampling
+    size: int | None = None  # the requested sample size, None for all
+    seed: int = DEFAULT_SEED
+    preprocessing: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.inputs)
+
+    def digest(self) -> str:
+        """Hash of exactly what calibrates: the items in order, the sample and the preprocessing."""
+        key = {"items": [asdict(i) for i in self.items], "preprocessing": self.preprocessing, "kind": self.kind}
+        return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()
+
+    def manifest(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "count": self.count,
+            "available": self.available,
+            "sample_size": self.size,
+            "seed": self.seed,
+            "files": [asdict(i) for i in self.items],
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "preprocessing": self.preprocessing,
+            "digest": self.digest(),
+            "warnings": list(self.warnings),
+        }
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _shuffled(n: int, seed: int) -> list[int]:
+    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
+
+
+def load_calibration(source: Path | None, pp: Preprocess, size: int | None = None,
+                     seed: int = DEFAULT_SEED) -> CalibrationData:
+    """Calibration inputs from `source` (folder, .npy/.npz file, or None for the built-in photographs).
+
+    Raises UsageError when the source does not exist, holds no usable image, or the arrays do not match
+    the model input.
+    """
+    if size is not None and size < 1:
+        raise UsageError(f"--calib-size must be at least 1, got {size}")
+    if source is None:
+        data = _from_folder(BUILTIN_DIR, pp, size, seed, kind="builtin")
+        data.warnings.append(BUILTIN_WARNING)  # the manifest keeps it; the CLI prints it
+        return data
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() in ARRAY_SUFFIXES:
+        return _from_array(source, pp, size, seed)
+    if source.is_dir():
+        return _from_folder(source, pp, size, seed, kind="folder")
+    raise UsageError(f"calibration source {source} is neither a folder of images nor a .npy/.npz file")
+
+
+def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind: str) -> CalibrationData:
+    files = image_files(folder)
+    if not files:
+        raise UsageError(f"no image files (jpg, png, webp) in {folder}: point --calib at a folder of photographs")
+    want = len(files) if size is None else min(size, len(files))
+    order = sorted(files) if size is None else [files[i] for i in _shuffled(len(files), seed)]
+    images, items, skipped = [], [], []
+    for path in order:
+        if len(images) == want:
+            break
+        found = read_images([path], folder)
+        if found.skipped:
+            skipped.extend(found.skipped)
+            continue
+        images.append(found.images[0])
+        items.append(DataItem(found.names[0], _sha256_bytes(path.read_bytes())))
+    if not images:
+        raise UsageError(f"none of the {len(files)} image files in {folder} could be read "
+                         f"({len(skipped)} corrupt or unreadable); --calib needs readable photographs")
+    if size is not None and len(images) < size:
+        log.warning("asked for %d calibration images, %s has only %d readable", size, folder, len(images))
+    return CalibrationData(preprocess_images(images, pp), "builtin" if kind == "builtin" else str(folder), kind,
+                           items, skipped, len(files), size, seed, pp.to_dict())
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)  # never unpickle: arrays only
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read calibration array {path}: {exc}") from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        keys = list(loaded.keys())
+        key = next((k for k in ARRAY_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise UsageError(f"{path} holds arrays {keys}: name the calibration array one of {', '.join(ARRAY_KEYS)}")
+        return loaded[key]
+
+
+def _from_array(path: Path, pp: Preprocess, size: int | None, seed: int) -> CalibrationData:
+    array = _load_array(path)
+    expected = (3, *pp.crop_size)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+        raise UsageError(f"{path} holds an array of shape {tuple(array.shape)}; calibration arrays must be "
+                         f"preprocessed inputs of shape (N, {', '.join(map(str, expected))})")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise UsageError(f"{path} holds {array.dtype} values; calibration arrays must be preprocessed float inputs")
+    if len(array) == 0:
+        raise UsageError(f"{path} holds no samples")
+    n = len(array)
+    rows = list(range(n)) if size is None or size >= n else sorted(_shuffled(n, seed)[:size])
+    inputs = np.ascontiguousarray(array[rows], dtype=np.float32)
+    if not np.isfinite(inputs).all():
+        raise UsageError(f"{path} holds NaN or Inf values")
+    items = [DataItem(f"{path.name}[{i}]", _sha256_bytes(inputs[k].tobytes())) for k, i in enumerate(rows)]
+    pre = {**pp.to_dict(), "note": "arrays are used as given: they must already be preprocessed this way"}
+    return CalibrationData(inputs, str(path), "array", items, [], n, size, seed, pre)

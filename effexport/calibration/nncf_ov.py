@@ -1,0 +1,65 @@
+"""OpenVINO-native INT8: NNCF post-training quantization of the OpenVINO model converted from the verified ONNX.
+
+For OpenVINO only: NNCF quantizes non-negative activations to UINT8, which TensorRT rejects. The same
+calibration inputs and the recipe's keep-float layers are used as for the QDQ forms; the ranges are NNCF's
+own (its default min/max and quantile estimators with fast bias correction), not the ONNX Runtime table.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from effexport.calibration.qdq import FloatLayer
+from effexport.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+NNCF_XML = "model_int8.xml"
+NNCF_BIN = "model_int8.bin"
+
+
+def nncf_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
+
+
+def require_nncf():
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        raise MissingDependencyError("OpenVINO INT8 needs openvino and nncf: pip install 'effexport[nncf]'") from exc
+    return nncf, ov
+
+
+WEIGHTED_OV_OPS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def _ov_names(ov_model, keep_float: list[FloatLayer]) -> list[str]:
+    """OpenVINO op names of the keep-float ONNX nodes. The ONNX frontend splits Conv/Gemm into the weighted op,
+    named "<node>/WithoutBiases", and a bias Add that keeps the node's name; NNCF must ignore the weighted op."""
+    wanted = {f.node + "/WithoutBiases" for f in keep_float} | {f.node for f in keep_float}
+    return [op.get_friendly_name() for op in ov_model.get_ops()
+            if op.get_type_name() in WEIGHTED_OV_OPS and op.get_friendly_name() in wanted]
+
+
+def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[FloatLayer], xml: Path) -> dict:
+    """Write `xml` (+ .bin) with NNCF INT8; returns what the manifest records about the run."""
+    nncf, ov = require_nncf()
+    nncf.set_log_level(logging.WARNING)  # NNCF logs every ignored node at INFO on its own handler
+    model = ov.convert_model(str(fp32_onnx))
+    ignored = _ov_names(model, keep_float)
+    if len(ignored) != len(keep_float):
+        log.warning("%d of %d keep-float layers have no OpenVINO op of the same name; NNCF quantizes them",
+                    len(keep_float) - len(ignored), len(keep_float))
+    dataset = nncf.Dataset(list(inputs), lambda x: x[None])
+    quantized = nncf.quantize(model, dataset, subset_size=len(inputs),
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
+    # compress_to_fp16=False: the non-quantized weights (keep-float layers, biases) stay FP32 as verified.
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    return {"tool": "nncf.quantize", "preset": "performance (default)", "subset_size": len(inputs),
+            "ignored_ops": ignored}

@@ -1,0 +1,278 @@
+"""INT8 ONNX with explicit QuantizeLinear/DequantizeLinear, built with ONNX Runtime's quantization tools.
+
+Two forms come from one calibration (one table of tensor ranges), because no single file is both fast and
+faithful everywhere (measured on this 2-core AVX2 CPU without VNNI; numbers in bench/int8.py's table):
+
+- `model_int8_qdq.onnx`, the portable form, for TensorRT: symmetric INT8 activations (per-tensor, zero point
+  0) and per-channel INT8 weights on the output-channel axis, Q/DQ only on the inputs of Conv/Gemm/MatMul,
+  none on their outputs or biases. TensorRT accepts only this and fuses each Conv with the activation after
+  it. Quantizing a Conv output before its ReLU6 spends the 8-bit range on values the clip discards (measured
+  on EfficientNet-Lite0: top-1 agreement 49% with that placement, 93% without). Other runtimes run this file
+  but badly here: ONNX Runtime's CPU kernels fuse only DQ -> Conv -> Q into an integer convolution, so it
+  dequantizes and runs float convolutions (2.5x to 2.8x slower than FP32); OpenVINO's int8 kernels on x86 without
+  VNNI overflow on 8-bit weights (its output differed from ONNX Runtime's on the same file: cosine 0.64).
+- `model_int8_ort_cpu.onnx`, for ONNX Runtime on a CPU: UINT8 asymmetric activations on every operator's
+  inputs and outputs (DQ -> Conv -> Q fuses into QLinearConv, ReLU/Clip fold into the ranges) and per-channel
+  INT8 weights with a 7-bit range (reduce_range), since u8*s8 products saturate in 16 bits on x86 without
+  VNNI. Signed activations ran 3x slower than unsigned in ONNX Runtime here.
+
+OpenVINO gets its own model from NNCF (nncf_ov.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from effexport.errors import MissingDependencyError, UsageError
+from effexport.recipes import FIRST_CONV, KeepFloat, Recipe
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+DEFAULT_KEEP_FLOAT = (KeepFloat(FIRST_CONV, "the first convolution sees the normalized image through 3 input "
+                                            "channels: little compute to gain, the largest error to lose"),)
+
+
+@dataclass(frozen=True)
+class QdqForm:
+    """One INT8 ONNX layout and the backends it is for."""
+
+    name: str
+    filename: str
+    backends: tuple[str, ...]
+    signed_activations: bool
+    reduce_range: bool
+    op_types: tuple[str, ...] | None  # None: every operator ONNX Runtime can quantize
+    description: str
+
+    def extra_options(self) -> dict:
+        # QDQDisableWeightAdjustForInt32Bias: ONNX Runtime otherwise widens weight scales (up to 9x measured on
+        # EfficientNet-Lite0) so that an int32 bias would fit, even with QuantizeBias off and the bias in float.
+        options = {"WeightSymmetric": True, "QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True}
+        if self.signed_activations:
+            options["ActivationSymmetric"] = True
+            options["OpTypesToExcludeOutputQuantization"] = list(WEIGHTED_OPS)
+        return options
+
+
+PORTABLE = QdqForm("qdq", "model_int8_qdq.onnx", ("tensorrt",), signed_activations=True,
+                   reduce_range=False, op_types=WEIGHTED_OPS,
+                   description="symmetric INT8 Q/DQ on Conv/Gemm inputs, per-channel weights: TensorRT (ONNX "
+                               "Runtime runs it slower than FP32; OpenVINO on CPUs without VNNI, unfaithfully)")
+ORT_CPU = QdqForm("ort_cpu", "model_int8_ort_cpu.onnx", ("onnxruntime",), signed_activations=False,
+                  reduce_range=True, op_types=None,
+                  description="UINT8 activations, per-channel 7-bit INT8 weights: ONNX Runtime on a CPU")
+FORMS: dict[str, QdqForm] = {f.name: f for f in (PORTABLE, ORT_CPU)}
+
+
+def ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    if method not in METHODS:
+        raise UsageError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+# ---------------------------------------------------------------------------------------------- keep-float
+
+
+@dataclass(frozen=True)
+class FloatLayer:
+    node: str
+    op_type: str
+    reason: str
+    pattern: str
+
+
+def keep_float_rules(recipe: Recipe) -> tuple[KeepFloat, ...]:
+    return recipe.int8_keep_float or DEFAULT_KEEP_FLOAT
+
+
+def resolve_keep_float(model: onnx.ModelProto, rules: tuple[KeepFloat, ...]) -> list[FloatLayer]:
+    """The weighted nodes (Conv/Gemm/MatMul) each rule names; a rule that matches nothing is a recipe bug."""
+    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+    out: dict[str, FloatLayer] = {}
+    for rule in rules:
+        if rule.pattern == FIRST_CONV:
+            hits = [n for n in weighted if n.op_type == "Conv"][:1]
+        else:
+            hits = [n for n in weighted if re.search(rule.pattern, n.name)]
+        if not hits:
+            raise UsageError(f"INT8 keep-float pattern {rule.pattern!r} matches no Conv/Gemm/MatMul node of this "
+                             f"model; the recipe's int8_keep_float is out of date")
+        for node in hits:
+            out.setdefault(node.name, FloatLayer(node.name, node.op_type, rule.reason, rule.pattern))
+    return list(out.values())
+
+
+# ---------------------------------------------------------------------------------------------- calibrate / build
+
+
+class ArrayReader:
+    """ONNX Runtime's CalibrationDataReader over an NCHW array, one sample at a time."""
+
+    def __init__(self, inputs: np.ndarray, input_name: str):
+        self.inputs, self.input_name, self.index = inputs, input_name, 0
+
+    def get_next(self) -> dict | None:
+        if self.index >= len(self.inputs):
+            return None
+        self.index += 1
+        return {self.input_name: self.inputs[self.index - 1:self.index]}
+
+    def rewind(self) -> None:
+        self.index = 0
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def _require_cache_api():
+    try:
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    except ImportError as exc:
+        raise MissingDependencyError("INT8 calibration caches need a newer onnxruntime (one whose quantize_static "
+                                     "takes calibration_cache_path): pip install -U onnxruntime") from exc
+    return create_calibrator, save_tensors_data
+
+
+def calibrate_ranges(fp32: Path, inputs: np.ndarray, method: str, cache: Path, work: Path,
+                     percentile: float = 99.999) -> None:
+    """Run the calibration once over every tensor any form quantizes; write the range table to `cache`."""
+    create_calibrator, save_tensors_data = _require_cache_api()
+    options = {"percentile": percentile} if method == "percentile" else {}
+    model = onnx.load(str(fp32), load_external_data=False)
+    input_name = model.graph.input[0].name
+    with _quiet_onnxruntime_logging():
+        calibrator = create_calibrator(Path(fp32), None, augmented_model_path=str(work / "augmented.onnx"),
+                                       calibrate_method=ort_method(method), extra_options=options)
+        calibrator.collect_data(ArrayReader(inputs, input_name))
+        save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+
+
+@contextmanager
+def _quiet_onnxruntime_logging():
+    """ONNX Runtime's quantizer logs advice and per-weight notes on the root logger; keep them at debug level."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def build_form(fp32: Path, out: Path, form: QdqForm, cache: Path, method: str, keep_float: list[FloatLayer]) -> None:
+    """Quantize `fp32` into `form` from the cached ranges (no calibration run happens here)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    _require_cache_api()
+    with _quiet_onnxruntime_logging():
+        quantize_static(
+            str(fp32), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(form.op_types) if form.op_types else None, per_channel=True,
+            reduce_range=form.reduce_range,
+            activation_type=QuantType.QInt8 if form.signed_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=[f.node for f in keep_float],
+            calibrate_method=ort_method(method), extra_options=form.extra_options(),
+            calibration_cache_path=str(cache),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- form check
+
+
+@dataclass
+class QdqCheck:
+    """Result of checking a QDQ model against TensorRT's explicit-quantization rules."""
+
+    activation_quantizers: int = 0
+    weight_quantizers: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and self.weight_quantizers > 0
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "activation_quantizers": self.activation_quantizers,
+                "weight_quantizers": self.weight_quantizers, "problems": self.problems}
+
+
+def _output_channel_axis(consumer: onnx.NodeProto, input_index: int) -> int | None:
+    if consumer.op_type == "Conv" and input_index == 1:
+        return 0
+    if consumer.op_type == "Gemm" and input_index == 1:
+        trans_b = next((a.i for a in consumer.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if consumer.op_type == "MatMul" and input_index == 1:
+        return -1
+    return None
+
+
+def check_tensorrt_qdq(model: onnx.ModelProto | Path) -> QdqCheck:
+    """Every zero point 0 (INT8), activations per-tensor, weights per output channel, no quantized bias or
+    output, no BatchNormalization left."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    check = QdqCheck()
+    problems = check.problems
+    if any(n.op_type == "BatchNormalization" for n in graph.node):
+        problems.append("BatchNormalization nodes remain (BN must be folded before quantizing)")
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        where = f"{node.op_type} {node.name or node.output[0]}"
+        if len(node.input) < 3 or node.input[2] not in init:
+            problems.append(f"{where}: no constant zero point")
+            continue
+        zp = init[node.input[2]]
+        if zp.data_type != onnx.TensorProto.INT8:
+            problems.append(f"{where}: zero point is {onnx.TensorProto.DataType.Name(zp.data_type)}, not INT8")
+        if np.any(numpy_helper.to_array(zp) != 0):
+            problems.append(f"{where}: non-zero zero point (asymmetric quantization)")
+        scale = numpy_helper.to_array(init[node.input[1]]) if node.input[1] in init else None
+        if scale is None:
+            problems.append(f"{where}: scale is not a constant")
+            continue
+        if node.output[0] in outputs:
+            problems.append(f"{where}: quantizes a graph output")
+        is_weight = node.op_type == "DequantizeLinear" and node.input[0] in init
+        if not is_weight:
+            check.activation_quantizers += node.op_type == "QuantizeLinear"
+            if scale.size != 1:
+                problems.append(f"{where}: activation scale has {scale.size} values (per-tensor required)")
+            continue
+        check.weight_quantizers += 1
+        weight = init[node.input[0]]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        for consumer, index in consumers.get(node.output[0], []):
+            expected = _output_channel_axis(consumer, index)
+            if expected is None:
+                problems.append(f"{where}: feeds input {index} of {consumer.op_type} (quantized bias or other)")
+                continue
+            rank = len(weight.dims)
+            if scale.size != weight.dims[expected]:
+                problems.append(f"{where}: {scale.size} weight scales for {weight.dims[expected]} output channels "
+                                f"(per-output-channel required)")
+            elif scale.size > 1 and axis % rank != expected % rank:
+                problems.append(f"{where}: per-channel axis {axis}, output-channel axis is {expected % rank}")
+    return check

@@ -1,0 +1,123 @@
+"""build_int8: one calibration, every form, the cache, the manifest, reuse, and the keep-float report."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from effexport.calibration import build
+from effexport.calibration.build import Int8Options, build_int8, ensure_int8
+from effexport.calibration.qdq import check_tensorrt_qdq
+from effexport.errors import ParityError
+from effexport.exporter.pipeline import OnnxOptions, export_recipe
+from effexport.recipes import get_recipe
+from tests.calibration.conftest import write_corrupt, write_images
+
+RECIPE = "mobilenetv3_small"
+SMALL = OnnxOptions(img_size=64)
+PP = get_recipe(RECIPE).preprocess.at(64)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One verified FP32 export shared by the tests; each copies it into its own folder."""
+    return export_recipe(RECIPE, options=SMALL, out=tmp_path_factory.mktemp("fp32")).path
+
+
+@pytest.fixture
+def fp32(exported, tmp_path):
+    dest = tmp_path / "out" / RECIPE
+    dest.mkdir(parents=True)
+    return shutil.copy(exported, dest / "model.onnx")
+
+
+def int8(fp32, calib, **options):
+    return ensure_int8(get_recipe(RECIPE), fp32, PP, calib, Int8Options(openvino=False, **options),
+                       random_weights=True)
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    folder = tmp_path / "calib"
+    write_images(folder, 8)
+    write_corrupt(folder)
+    return folder
+
+
+def test_build_writes_every_form_the_cache_and_the_manifest(calib_dir, exported):
+    out = exported.parent.parent  # the FP32 export there is reused
+    result = build_int8(RECIPE, calib_dir, Int8Options(calib_size=6, openvino=False), out, onnx_options=SMALL)
+    assert set(result.files) == {"qdq", "ort_cpu"} and all(p.is_file() for p in result.files.values())
+    assert result.files["qdq"].name == "model_int8_qdq.onnx" and not result.cache_reused and not result.reused
+    assert check_tensorrt_qdq(result.files["qdq"]).passed
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest == json.loads(json.dumps(result.manifest))
+    data = manifest["data"]
+    assert data["count"] == 6 and data["sample_size"] == 6 and data["seed"] == 0 and data["kind"] == "folder"
+    assert all(len(f["sha256"]) == 64 for f in data["files"]) and len(data["files"]) == 6
+    assert data["preprocessing"]["crop_size"] == [64, 64]
+    assert manifest["method"] == "minmax" and manifest["versions"]["onnxruntime"] != "absent"
+    assert manifest["fp32_model"]["sha256"] == build.sha256_of(result.fp32)
+    assert manifest["qdq_check"]["passed"] and manifest["status"] == "passed"
+    assert {"/conv_stem/Conv"} <= {k["node"] for k in manifest["keep_float"]}
+    assert all(k["reason"] for k in manifest["keep_float"])
+    assert set(manifest["parity"]) == {"qdq", "ort_cpu"} and not manifest["parity_judged"]  # random weights
+    assert result.cache_path.is_file() and result.cache_path.parent.name == "calibration-cache"
+    assert not [p for p in out.rglob(".*")]  # no staging or temporary files left
+
+
+def test_second_run_reuses_and_a_changed_method_recalibrates(calib_dir, fp32):
+    first = int8(fp32, calib_dir, calib_size=4)
+    again = int8(fp32, calib_dir, calib_size=4)
+    assert again.reused and again.cache_reused and again.cache_path == first.cache_path
+    # the artifacts go but the cache stays: only the quantization is redone
+    first.manifest_path.unlink()
+    rebuilt = int8(fp32, calib_dir, calib_size=4)
+    assert rebuilt.cache_reused and not rebuilt.reused and rebuilt.manifest["cache"]["reused"]
+    other = int8(fp32, calib_dir, calib_size=4, method="percentile")
+    assert not other.cache_reused and other.cache_path != first.cache_path
+    assert other.cache_path.name.startswith("percentile-")
+    # a different sample is different data: a new cache
+    resampled = int8(fp32, calib_dir, calib_size=4, seed=9)
+    assert not resampled.cache_reused and resampled.cache_path != first.cache_path
+
+
+def test_corrupt_files_are_named_in_the_manifest(calib_dir, fp32):
+    result = int8(fp32, calib_dir)
+    assert {s["file"] for s in result.manifest["data"]["skipped"]} == {"garbage.jpg", "truncated.png"}
+    assert result.manifest["data"]["count"] == 8
+
+
+def test_parity_failure_of_a_trained_model_is_an_error_and_publishes_nothing(calib_dir, fp32):
+    result = int8(fp32, calib_dir, calib_size=3)
+    with pytest.raises(ParityError, match="beyond the tolerance"):
+        # an impossible tolerance stands in for a bad quantization of a model with real weights
+        ensure_int8(get_recipe(RECIPE), fp32, PP, calib_dir,
+                    Int8Options(calib_size=3, openvino=False, min_cosine=1.01, force=True), random_weights=False)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["status"] == "failed" and manifest["parity_judged"]
+    assert not result.files["qdq"].exists() and not result.files["ort_cpu"].exists()
+
+
+@pytest.mark.openvino
+def test_openvino_nncf_model(fp32):
+    pytest.importorskip("nncf")
+    result = ensure_int8(get_recipe(RECIPE), fp32, PP, None, Int8Options(openvino=True), random_weights=True)
+    xml = result.files["openvino"]
+    assert xml.name == "model_int8.xml" and xml.with_suffix(".bin").is_file()
+    assert result.manifest["forms"]["openvino"]["nncf"]["ignored_ops"]  # the keep-float layers reach NNCF
+    assert result.manifest["data"]["kind"] == "builtin" and result.warnings
+    outputs = build.run_model(xml, np.zeros((2, 3, 64, 64), np.float32))
+    assert outputs.shape == (2, 1000)
+
+
+def test_every_backend_has_an_int8_form():
+    from effexport.calibration.qdq import FORMS
+    from effexport.errors import UsageError
+
+    for backend, form in build.BACKEND_FORMS.items():
+        assert build.form_for_backend(backend) == form
+        assert form in FORMS or form == build.OPENVINO_FORM
+    with pytest.raises(UsageError, match="no INT8 form"):
+        build.form_for_backend("coreml")

@@ -1,0 +1,95 @@
+"""Calibration sources: folders (recursive, corrupt files skipped and named), arrays, built-in photos, sampling."""
+
+import numpy as np
+import pytest
+
+from effexport.calibration.data import BUILTIN_WARNING, load_calibration
+from effexport.errors import UsageError
+from tests.calibration.conftest import PP, write_corrupt, write_images
+
+
+def test_folder_is_recursive_and_preprocessed(tmp_path):
+    write_images(tmp_path, 6)
+    data = load_calibration(tmp_path, PP)
+    assert data.count == 6 and data.kind == "folder" and data.inputs.shape == (6, 3, 32, 32)
+    assert data.inputs.dtype == np.float32
+    names = [i.name for i in data.items]
+    assert {"img00.jpg", "sub/img01.png", "img02.webp"} <= set(names)
+    assert all(len(i.sha256) == 64 for i in data.items)
+    manifest = data.manifest()
+    assert manifest["count"] == 6 and manifest["preprocessing"]["crop_size"] == (32, 32)
+    assert manifest["skipped"] == [] and manifest["digest"] == data.digest()
+
+
+def test_corrupt_files_are_skipped_counted_and_named(tmp_path):
+    write_images(tmp_path, 4)
+    bad = write_corrupt(tmp_path)
+    data = load_calibration(tmp_path, PP)
+    assert data.count == 4 and data.available == 6
+    assert sorted(f for f, _ in data.skipped) == sorted(bad)
+    assert all(reason for _, reason in data.skipped)
+    assert {s["file"] for s in data.manifest()["skipped"]} == set(bad)
+
+
+def test_no_usable_image_is_a_usage_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no image files"):
+        load_calibration(tmp_path / "empty", PP)
+    (tmp_path / "bad").mkdir()
+    write_corrupt(tmp_path / "bad")
+    with pytest.raises(UsageError, match="could be read"):
+        load_calibration(tmp_path / "bad", PP)
+    with pytest.raises(UsageError, match="neither a folder"):
+        load_calibration(tmp_path / "missing", PP)
+
+
+def test_sampling_is_deterministic_and_skips_do_not_shrink_it(tmp_path):
+    write_images(tmp_path, 12)
+    write_corrupt(tmp_path)
+    a = load_calibration(tmp_path, PP, size=5, seed=3)
+    b = load_calibration(tmp_path, PP, size=5, seed=3)
+    c = load_calibration(tmp_path, PP, size=5, seed=4)
+    assert a.count == 5 and [i.name for i in a.items] == [i.name for i in b.items]
+    assert np.array_equal(a.inputs, b.inputs) and a.digest() == b.digest()
+    assert [i.name for i in a.items] != [i.name for i in c.items] and a.digest() != c.digest()
+    # asking for more than there is gives every readable image
+    assert load_calibration(tmp_path, PP, size=100).count == 12
+    with pytest.raises(UsageError, match="calib-size"):
+        load_calibration(tmp_path, PP, size=0)
+
+
+def test_sample_skips_corrupt_files_and_still_fills(tmp_path):
+    write_images(tmp_path, 3)
+    write_corrupt(tmp_path)
+    data = load_calibration(tmp_path, PP, size=3, seed=0)
+    assert data.count == 3 and len(data.skipped) == 2  # every corrupt file was met on the way and recorded
+
+
+def test_arrays_npy_and_npz(tmp_path):
+    x = np.random.default_rng(1).normal(size=(10, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", input=x, other=np.zeros(3))
+    whole = load_calibration(tmp_path / "x.npy", PP)
+    assert whole.kind == "array" and np.array_equal(whole.inputs, x) and whole.items[3].name == "x.npy[3]"
+    sample = load_calibration(tmp_path / "x.npz", PP, size=4, seed=1)
+    rows = [int(i.name.split("[")[1][:-1]) for i in sample.items]
+    assert sample.count == 4 and np.array_equal(sample.inputs, x[rows])
+    assert rows == [int(i.name.split("[")[1][:-1]) for i in load_calibration(tmp_path / "x.npz", PP, 4, 1).items]
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.zeros((4, 3, 16, 16), np.float32), "shape"),
+    (np.zeros((4, 3, 32, 32), np.uint8), "float"),
+    (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN"),
+    (np.array([{"a": 1}], dtype=object), "cannot read|shape"),
+])
+def test_bad_arrays_are_usage_errors(tmp_path, array, match):
+    np.save(tmp_path / "bad.npy", array, allow_pickle=True)
+    with pytest.raises(UsageError, match=match):
+        load_calibration(tmp_path / "bad.npy", PP)
+
+
+def test_builtin_photographs_come_with_a_warning():
+    data = load_calibration(None, PP)
+    assert data.kind == "builtin" and data.count == 9 and data.skipped == []
+    assert data.warnings == [BUILTIN_WARNING] and "built-in" in data.manifest()["warnings"][0]
