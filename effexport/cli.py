@@ -522,7 +522,14 @@ def _print_verify(result) -> None:
     from rich import box
     from rich.markup import escape
 
-    table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left",
+    compared = [r for r in result.rows if r.status != "not supported"]
+    groups: dict[str, list[str]] = {}  # inputs -> precisions compared on them (INT8: photos calibration never saw)
+    for r in compared:
+        groups.setdefault(r.inputs or result.inputs, [])
+        if r.precision not in groups[r.inputs or result.inputs]:
+            groups[r.inputs or result.inputs].append(r.precision)
+    over = f" over {next(iter(groups))}" if len(groups) == 1 else ""
+    table = Table(title=f"{result.recipe}: parity with PyTorch FP32{over}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("backend", "precision", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
         table.add_column(col, justify="left" if col in ("backend", "precision", "result") else "right",
@@ -537,11 +544,11 @@ def _print_verify(result) -> None:
                  f"{p['top5_agreement']:.0%}"] if "max_abs" in p else ["-"] * 5
         table.add_row(r.backend, precision, *cells, f"[{colour}]{status}[/]")
     console.print(table)
-    used = dict.fromkeys(r.precision for r in result.rows if r.status != "not supported")
+    used = dict.fromkeys(r.precision for r in compared)
     console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used))
-    for precision, inputs in {r.precision: r.inputs for r in result.rows if r.inputs != result.inputs
-                              and r.inputs}.items():
-        console.print(f"{precision} rows compared over {inputs}", highlight=False)
+    if len(groups) > 1:
+        for inputs, precisions in groups.items():
+            console.print(f"{', '.join(precisions)} compared over {inputs}", highlight=False)
     for r in result.rows:
         if r.status == "error":
             err.print(f"[red]{r.backend} {r.precision}:[/] {escape(r.note)}", highlight=False, soft_wrap=True)

@@ -286,7 +286,8 @@ def _fail_if_outside(dest: Path, manifest: dict, enforced: set[str]) -> None:
     detail = "; ".join(f"{n}: {', '.join(p['failures'])}" for n, p in failed.items())
     raise ParityError(f"{manifest['recipe']}: INT8 differs from FP32 beyond the tolerance on "
                       f"{manifest['parity_inputs']['description']} ({detail}); try more --calib images, --method "
-                      f"percentile or entropy, or keep more layers in float (manifest: {dest / MANIFEST_FILE})")
+                      f"percentile or entropy, or keep more layers in float, or accept it with --min-top1/--min-cosine "
+                      f"(manifest: {dest / MANIFEST_FILE})")
 
 
 def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, cpu: dict, images: Path | None,

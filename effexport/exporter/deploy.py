@@ -206,8 +206,10 @@ def ensure_artifact(ctx: Context, backend_name: str, precision: str, options: An
             for name in output.files:  # files of an earlier build no longer match this report
                 (folder / name).unlink(missing_ok=True)
             write_json(folder / REPORT_FILE, report)
-            raise ParityError(f"{ctx.recipe.name}: {backend.name} {built_for} differs from PyTorch: "
-                              f"{'; '.join(parity.failures)} (report: {folder / REPORT_FILE})")
+            accept = f"; to accept it: --tolerance {built_for}:min_top1=..." if built_for == "int8" else ""
+            raise ParityError(f"{ctx.recipe.name}: {backend.name} {built_for} differs from PyTorch on "
+                              f"{reference.description}: {'; '.join(parity.failures)}{accept} "
+                              f"(report: {folder / REPORT_FILE})")
         report["status"] = "passed"
         staging.publish(output.files)
     write_json(folder / REPORT_FILE, report)
