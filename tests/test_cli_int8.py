@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.calibration.conftest import write_corrupt, write_images
+from tests.calibration.conftest import calibration_folder, write_corrupt
 from tests.test_cli import _leftovers, run
 
 RECIPE = "mobilenetv3_small"
@@ -17,10 +17,7 @@ def out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("calib")
-    write_images(folder, 6)
-    write_corrupt(folder)
-    return folder
+    return calibration_folder(tmp_path_factory.mktemp("calib"), 6)
 
 
 def test_calibrate_builds_reports_skips_and_reuses(capsys, out, calib):

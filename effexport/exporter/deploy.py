@@ -5,6 +5,11 @@ also writes, `reference.npz` (the PyTorch outputs), and one folder per backend a
 `<backend>-<precision>/` (e.g. `openvino-fp32/model.xml`, `onnxruntime-fp16/model.onnx`,
 `tensorrt-fp16/model.plan`), each with its report.json. A second run with nothing changed reuses every file.
 Backends use a dynamic-batch ONNX so that one export serves every batch size (bench, TensorRT profiles).
+
+INT8: the recipe's one calibration (calibration.json, the INT8 forms and the range cache, beside model.onnx, as
+`effexport calibrate` writes them) gives each backend its form, which becomes `<backend>-int8/` like any other
+artifact: copied (ONNX Runtime's CPU form, OpenVINO's NNCF IR) or built (TensorRT, from the Q/DQ ONNX), then
+compared with PyTorch on photographs the calibration did not see (`reference-int8.npz`).
 """
 
 from __future__ import annotations

@@ -14,17 +14,14 @@ from effexport.exporter.deploy import Int8Spec, SourceSpec, ensure_artifact, ope
 from effexport.exporter.parity import tolerance_for
 from effexport.exporter.pipeline import WeightsSpec, build_model
 from effexport.recipes import get_recipe
-from tests.calibration.conftest import write_corrupt, write_images
+from tests.calibration.conftest import calibration_folder
 
 RECIPE = "mobilenetv3_small"
 
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("calib")
-    write_images(folder, 5)
-    write_corrupt(folder)
-    return folder
+    return calibration_folder(tmp_path_factory.mktemp("calib"), 5)
 
 
 @pytest.fixture(scope="module")
