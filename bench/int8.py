@@ -9,9 +9,11 @@ as `effexport calibrate` uses them) and judged on held-out photographs that cali
 
 Every model runs through the backends' own runners (effexport.exporter.backends: the ones verify and bench use)
 and is timed by the one harness (effexport.exporter.bench.measure): warm-up until the median settles, then timed
-runs, one runner at a time and closed before the next opens, as `effexport bench` does. (Timing variants in
-interleaved rounds with every session open was tried and dropped: ONNX Runtime's idle sessions keep their threads
-spinning, and FP32 Lite0 took 17.5 ms per image interleaved with three other sessions against 6.7 ms alone.)
+runs, one runner at a time and closed before the next opens, as `effexport bench` does. This is repeated in
+`--rounds` rounds over all variants, and each number is the median of the rounds' medians, so that a slow spell
+of the (virtual, shared) machine does not land on one variant only. (Keeping every session open and alternating
+single runs between them was tried and dropped: ONNX Runtime's idle sessions keep their threads spinning, and FP32
+Lite0 took 17.5 ms per image between three other open sessions against 6.7 ms alone.)
 
 Columns: batch-1 latency (median ms) and its ratio to FP32 on the same backend, batch-8 throughput (images/s at
 the batch-8 median), file size, and agreement with the FP32 model on the held-out views: top-1 (all views, and
@@ -117,7 +119,8 @@ def time_variant(v: Variant, inputs: np.ndarray, config: dict[int, BenchConfig])
     return stats
 
 
-def bench_model(name: str, out: Path, calib_source: Path | None, method: str, iters: int) -> list[dict]:
+def bench_model(name: str, out: Path, calib_source: Path | None, method: str, iters: int,
+                rounds: int) -> list[dict]:
     recipe = get_recipe(name)
     pp = recipe.preprocess
     exported = export_recipe(name, trained_weights(name), OnnxOptions(dynamic_batch=True), out)
@@ -145,25 +148,30 @@ def bench_model(name: str, out: Path, calib_source: Path | None, method: str, it
     x = held.inputs
     outputs = {id(v): outputs_of(v, x) for v in variants}
     timing = {1: BenchConfig(iters=iters), 8: BenchConfig(iters=max(5, iters // 3))}
-    stats = {id(v): time_variant(v, x[:8], timing) for v in variants}
+    rounds_of = {id(v): [] for v in variants}
+    for _ in range(rounds):
+        for v in variants:
+            rounds_of[id(v)].append(time_variant(v, x[:8], timing))
+    p50 = {id(v): {b: float(np.median([r[b].p50 for r in rounds_of[id(v)]])) for b in timing} for v in variants}
     reference = outputs[id(variants[0])]
     probs = np.exp(reference - reference.max(1, keepdims=True))
     confident = (probs / probs.sum(1, keepdims=True)).max(1) >= CONFIDENT
-    fp32_lat = {v.backend: stats[id(v)][1].p50 for v in variants if v.label.startswith("FP32")}
+    fp32_lat = {v.backend: p50[id(v)][1] for v in variants if v.label.startswith("FP32")}
     rows = []
     for v in variants:
         y = outputs[id(v)]
         parity = compare(reference, y, tolerance_for("int8"))
-        lat = stats[id(v)][1].p50
+        lat = p50[id(v)][1]
         rows.append({
             "model": name, "weights": "trained" if trained else "random", "backend": v.backend, "variant": v.label,
             "file": v.path.name, "lat1_ms": lat * 1e3, "vs_fp32": lat / fp32_lat[v.backend],
-            "b8_img_s": stats[id(v)][8].throughput, "size_mb": size_mb(v.path),
+            "b8_img_s": 8 / p50[id(v)][8], "size_mb": size_mb(v.path),
             "top1": parity.top1_agreement,
             "top1_confident": float((reference.argmax(1) == y.argmax(1))[confident].mean()) if confident.any()
             else float("nan"),
             "confident_n": int(confident.sum()), "mean_cos": parity.mean_cosine, "min_cos": parity.min_cosine,
-            "views": len(x), "timed_runs_b1": stats[id(v)][1].runs, "p90_b1_ms": stats[id(v)][1].p90 * 1e3,
+            "views": len(x), "rounds_b1_p50_ms": [round(r[1].p50 * 1e3, 3) for r in rounds_of[id(v)]],
+            "rounds_b8_p50_ms": [round(r[8].p50 * 1e3, 3) for r in rounds_of[id(v)]], "timed_runs_b1": iters,
             "calibration_inputs": len(calib),
         })
     return rows
@@ -186,8 +194,8 @@ def print_table(rows: list[dict]) -> None:
     views = {r["model"]: (r["views"], r["confident_n"]) for r in rows}
     print(f"\ntop-1: agreement with FP32 on all held-out views; top-1*: on the views where FP32's top-1 probability "
           f">= {CONFIDENT} ({', '.join(f'{m}: {c} of {v}' for m, (v, c) in views.items())}).")
-    print("(rnd) = random weights: agreement then says little about a trained model. Latency: the harness's median "
-          "after warm-up, one runner open at a time; the machine may be shared, so compare the ratios.")
+    print("(rnd) = random weights: agreement then says little about a trained model. Latency: median over rounds of "
+          "the harness's median, one runner open at a time; the machine may be shared, so compare the ratios.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--calib", type=Path, default=None, help="calibration folder (default: built-in photos)")
     parser.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"))
-    parser.add_argument("--iters", type=int, default=60, help="timed batch-1 runs (batch 8: a third)")
+    parser.add_argument("--iters", type=int, default=40, help="timed batch-1 runs per round (batch 8: a third)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all variants (median of their medians)")
     parser.add_argument("--out", type=Path, default=None, help="artifact folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in args.models.split(","):
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-            rows += bench_model(name, out, args.calib, args.method, args.iters)
+            rows += bench_model(name, out, args.calib, args.method, args.iters, args.rounds)
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     print_table(rows)
     if args.json:

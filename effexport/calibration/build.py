@@ -1,14 +1,16 @@
 """INT8 from one calibration: the calibration cache, every INT8 form, its checks and the calibration manifest.
 
     <out>/<recipe>/model.onnx                    FP32, verified against PyTorch (effexport onnx)
-    <out>/<recipe>/model_int8_qdq.onnx           portable QDQ: TensorRT and OpenVINO
+    <out>/<recipe>/model_int8_qdq.onnx           portable QDQ: TensorRT (ONNX Runtime and OpenVINO run it slowly or,
+                                                 on CPUs without VNNI, unfaithfully)
     <out>/<recipe>/model_int8_ort_cpu.onnx       ONNX Runtime on a CPU
     <out>/<recipe>/model_int8.xml/.bin           OpenVINO-native NNCF INT8 (when openvino and nncf are installed)
     <out>/<recipe>/calibration.json              the calibration manifest
     <out>/<recipe>/calibration-cache/<key>.json  tensor ranges, keyed by model, preprocessing, data and method
 
-The integration with the backend commands calls `build_int8` (or `ensure_int8` with an exported model) and
-reads the paths from `Int8Result.files`.
+The backend commands call `ensure_int8` through effexport.exporter.deploy (Context.int8_build) with nothing
+enforced and verify the form each backend runs against PyTorch themselves; `effexport calibrate` and `onnx --int8`
+call `build_int8`, which enforces INT8 parity on every form.
 """
 
 from __future__ import annotations
