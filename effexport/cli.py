@@ -394,8 +394,11 @@ def trt_cmd(
 
 
 def _warn_random(weights: dict | None) -> None:
+    """Random weights, and a slimmable recipe's BatchNorm statistics estimated on the built-in photographs."""
     if weights and weights.get("source") == "random":
         err.print(f"[yellow]warning:[/] {weights['note']}")
+    if weights and (weights.get("finalized") or {}).get("warning"):
+        err.print(f"[yellow]warning:[/] {weights['finalized']['warning']}")
 
 
 def _print_artifact(artifact, ctx=None) -> None:
