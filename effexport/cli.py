@@ -46,6 +46,27 @@ QueryTableOption = Annotated[Optional[Path], typer.Option(
                           "mflops,width,resolution,top1).")]
 
 
+# ---------------------------------------------------------------------------------------------- calibration options
+# One calibration serves every INT8 artifact of a recipe (effexport/calibration/build.py); --calib also feeds the
+# BatchNorm re-estimation of slimmable recipes.
+
+CalibOption = Annotated[Optional[Path], typer.Option(
+    "--calib", help="Calibration images: a folder (jpg/png/webp, recursive) or a .npy/.npz of preprocessed inputs, "
+                    "for INT8 and for the BatchNorm re-estimation of slimmable recipes; default: the built-in "
+                    "photographs.")]
+MethodOption = Annotated[str, typer.Option("--method", help="Calibration: minmax, entropy or percentile.")]
+CalibSizeOption = Annotated[Optional[int], typer.Option("--calib-size", help="Use a seeded sample of N images.")]
+ToleranceOption = Annotated[Optional[list[str]], typer.Option(
+    "--tolerance", help="Override, e.g. int8:min_top1=0.9 or fp16:min_cosine=0.9995 (repeatable).")]
+
+
+def _int8_spec(calib, method, calib_size):
+    from effexport.calibration.build import Int8Options
+    from effexport.exporter.deploy import Int8Spec
+
+    return Int8Spec(calib, Int8Options(method=method, calib_size=calib_size))
+
+
 def _recipe_params(width, resolution, budget_mflops, query_table, calib=None):
     from effexport.recipes import RecipeParams
 
@@ -217,11 +238,23 @@ ImagesOption = Annotated[Optional[Path], typer.Option("--images", help="Folder o
 ForceOption = Annotated[bool, typer.Option("--force", help="Build again even if nothing changed.")]
 
 
-def _source(weights, pretrained, ema, img_size, opset):
+def _source(weights, pretrained, ema, img_size, opset, width=None, resolution=None, budget_mflops=None,
+            query_table=None, calib=None):
     from effexport.exporter.deploy import SourceSpec
     from effexport.exporter.pipeline import WeightsSpec
 
-    return SourceSpec(WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema), opset=opset, img_size=img_size)
+    return SourceSpec(WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema), opset=opset, img_size=img_size,
+                      params=_recipe_params(width, resolution, budget_mflops, query_table, calib))
+
+
+def _tolerance(precision: str, max_rel: Optional[float], items: list[str]):
+    """The policy for `precision` with `--tolerance` overrides; `--max-rel` sets its relative-error bound."""
+    from dataclasses import replace
+
+    from effexport.exporter.parity import tolerance_for
+
+    chosen = _parse_tolerances(None, items).get(precision) or tolerance_for(precision)
+    return chosen if max_rel is None else replace(chosen, max_rel=max_rel)
 
 
 BACKEND_OPSET = 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch at --help
@@ -254,33 +287,51 @@ def backends_cmd(as_json: JsonOption = False) -> None:
 @app.command("openvino")
 def openvino_cmd(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
-    precision: Annotated[str, typer.Option(help="fp32 (FP32 weights, f32 execution) or fp16 (FP16 weights).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 (FP32 weights, f32 execution), fp16 (FP16 weights) or int8 "
+                                                "(NNCF, from the recipe's calibration).")] = "fp32",
+    int8: Annotated[bool, typer.Option("--int8", help="The NNCF INT8 model (same as --precision int8).")] = False,
+    calib: CalibOption = None,
+    method: MethodOption = "minmax",
+    calib_size: CalibSizeOption = None,
     device: Annotated[str, typer.Option(help="OpenVINO device for the parity check.")] = "CPU",
     images: ImagesOption = None,
     max_rel: Annotated[Optional[float], typer.Option(help="FP32 tolerance (of the logit range).")] = None,
+    tolerance: ToleranceOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
     force: ForceOption = False,
     out: OutOption = Path("effexport-out"),
 ) -> None:
-    """Convert the verified ONNX to OpenVINO IR (model.xml/.bin) and verify it against PyTorch."""
+    """Convert the verified ONNX to OpenVINO IR (model.xml/.bin), or take the NNCF INT8 model of the recipe's
+    calibration, and verify it against PyTorch."""
     from effexport.exporter.backends import get_backend
 
-    if precision not in ("fp32", "fp16"):
-        raise typer.BadParameter(f"--precision must be fp32 or fp16, got {precision!r}")
+    precision = _int8_precision(precision, int8, ("fp32", "fp16", "int8"))
     get_backend("openvino").ensure_available("effexport openvino")
     from effexport.exporter.backends.openvino import OvOptions
     from effexport.exporter.deploy import ensure_artifact, open_context
-    from effexport.exporter.parity import tolerance_for
 
-    tolerance = tolerance_for(precision, max_rel=max_rel)
+    tol = _tolerance(precision, max_rel, tolerance or [])
+    source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table, calib)
     with _status(f"building OpenVINO {precision} for {name}") as progress:
-        ctx = open_context(name, _source(weights, pretrained, ema, img_size, opset), out, images, progress)
-        artifact = ensure_artifact(ctx, "openvino", precision, OvOptions(device), tolerance, force)
-    _print_artifact(artifact)
+        ctx = open_context(name, source, out, images, progress, _int8_spec(calib, method, calib_size))
+        artifact = ensure_artifact(ctx, "openvino", precision, OvOptions(device), tol, force)
+    _print_artifact(artifact, ctx)
+
+
+def _int8_precision(precision: str, int8: bool, allowed: tuple[str, ...]) -> str:
+    if precision not in allowed:
+        raise typer.BadParameter(f"--precision must be one of {', '.join(allowed)}, got {precision!r}")
+    if int8 and precision not in ("fp32", "int8"):
+        raise typer.BadParameter(f"--int8 and --precision {precision} exclude each other")
+    return "int8" if int8 else precision
 
 
 @app.command("trt")
@@ -302,12 +353,22 @@ def trt_cmd(
     fp16_builder_flag: Annotated[bool, typer.Option("--fp16-builder-flag",
                                                     help="TensorRT 10.x only: FP32 graph + the FP16 builder flag.")]
     = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the calibration's Q/DQ ONNX (explicit "
+                                                      "quantization, strongly typed).")] = False,
+    calib: CalibOption = None,
+    method: MethodOption = "minmax",
+    calib_size: CalibSizeOption = None,
     images: ImagesOption = None,
+    tolerance: ToleranceOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
     force: ForceOption = False,
     out: OutOption = Path("effexport-out"),
 ) -> None:
@@ -315,38 +376,66 @@ def trt_cmd(
     from effexport.exporter.backends import get_backend
     from effexport.exporter.backends.tensorrt import TrtOptions
 
+    if fp16 and int8:
+        raise typer.BadParameter("--fp16 and --int8 exclude each other")
     options = TrtOptions.from_batches(batch, min_batch, opt_batch, max_batch, workspace_gb=workspace,
                                       timing_cache=timing_cache, hardware_compat=hardware_compat,
                                       version_compatible=version_compatible, fp16_builder_flag=fp16_builder_flag)
-    get_backend("tensorrt").ensure_available("effexport trt")  # one line, before any export or build
+    get_backend("tensorrt").ensure_available("effexport trt")  # one line, before any export, calibration or build
     from effexport.exporter.deploy import ensure_artifact, open_context
 
-    precision = "fp16" if fp16 else "fp32"
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    tol = _tolerance(precision, None, tolerance or [])
+    source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table, calib)
     with _status(f"building TensorRT {precision} for {name}") as progress:
-        ctx = open_context(name, _source(weights, pretrained, ema, img_size, opset), out, images, progress)
-        artifact = ensure_artifact(ctx, "tensorrt", precision, options, force=force)
-    _print_artifact(artifact)
+        ctx = open_context(name, source, out, images, progress, _int8_spec(calib, method, calib_size))
+        artifact = ensure_artifact(ctx, "tensorrt", precision, options, tol, force=force)
+    _print_artifact(artifact, ctx)
 
 
 def _warn_random(weights: dict | None) -> None:
+    """Random weights, and a slimmable recipe's BatchNorm statistics estimated on the built-in photographs."""
     if weights and weights.get("source") == "random":
         err.print(f"[yellow]warning:[/] {weights['note']}")
+    if weights and (weights.get("finalized") or {}).get("warning"):
+        err.print(f"[yellow]warning:[/] {weights['finalized']['warning']}")
 
 
-def _print_artifact(artifact) -> None:
+def _print_artifact(artifact, ctx=None) -> None:
     report = artifact.report
     _warn_random(report.get("weights"))
     parity = report["parity"]
     execution = report.get("execution", {})
     runs = execution.get("execution_precision") or artifact.precision
     state = "reused" if artifact.reused else "wrote"
+    if artifact.precision == "int8" and ctx is not None:
+        _print_int8_source(ctx.int8_build(), report["int8"]["form"])
     console.print(f"{state} {artifact.path} ({artifact.backend} {artifact.precision}, executes {runs} on "
                   f"{execution.get('device_name') or execution.get('device') or artifact.availability.device})")
-    console.print(f"parity vs PyTorch FP32: [green]passed[/] - max abs {parity['max_abs']:.2e}, rel "
+    verdict = "[green]passed[/]" if parity["passed"] else "[yellow]outside the tolerance, not enforced[/]"
+    console.print(f"parity vs PyTorch FP32: {verdict} - max abs {parity['max_abs']:.2e}, rel "
                   f"{parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 {parity['top1_agreement']:.0%},"
-                  f" top-5 {parity['top5_agreement']:.0%} over {parity['samples']} inputs "
+                  f" top-5 {parity['top5_agreement']:.0%} over {parity['samples']} inputs: {parity['inputs']} "
                   f"(tolerance: {_describe_tolerance(parity['tolerance'])})")
+    if parity.get("enforced") is False:
+        err.print(f"[bold red]{parity['note']}[/]", highlight=False)
     console.print(f"report: {artifact.folder / 'report.json'}")
+
+
+def _print_int8_source(result, form: str | None = None) -> None:
+    """Where INT8 artifacts came from: the calibration, its data and what it kept in float."""
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    manifest = result.manifest
+    data = manifest["data"]
+    source = "built-in photographs" if data["kind"] == "builtin" else data["source"]
+    console.print(f"INT8 from the calibration {result.manifest_path} ({'reused' if result.reused else 'built'}): "
+                  + (f"{form} form, " if form else "") + f"{manifest['method']} over {data['inputs']} inputs from "
+                  f"{data['count']} images ({source}), {len(manifest['keep_float'])} layers kept in float",
+                  highlight=False)
+    if data["skipped"]:
+        names = ", ".join(s["file"] for s in data["skipped"])
+        err.print(f"[yellow]skipped {len(data['skipped'])} unreadable file(s):[/] {names}")
 
 
 def _describe_tolerance(tol) -> str:
@@ -388,18 +477,24 @@ def verify_cmd(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
     backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: every available one).")]
     = None,
-    precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, bf16 (int8: calibration).")]
-    = "fp32",
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, bf16, int8 (each backend "
+                                                "runs its own INT8 form of one calibration).")] = "fp32",
     images: ImagesOption = None,
     max_rel: Annotated[Optional[float], typer.Option(help="FP32 tolerance (of the logit range).")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help="Override, e.g. fp16:min_cosine=0.9995 "
-                                                                "(repeatable).")] = None,
+    tolerance: ToleranceOption = None,
+    calib: CalibOption = None,
+    method: MethodOption = "minmax",
+    calib_size: CalibSizeOption = None,
     device: Annotated[str, typer.Option(help="OpenVINO device.")] = "CPU",
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Run every backend and precision on the same inputs and compare with PyTorch FP32 in one table."""
@@ -413,10 +508,13 @@ def verify_cmd(
     from effexport.exporter.backends.openvino import OvOptions
     from effexport.exporter.verify import verify_recipe
 
+    source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table, calib)
     with _status(f"verifying {name}") as progress:
-        result = verify_recipe(name, chosen, precisions, _source(weights, pretrained, ema, img_size, opset), images,
-                               tolerances, out, {"openvino": OvOptions(device)}, progress)
+        result = verify_recipe(name, chosen, precisions, source, images, tolerances, out,
+                               {"openvino": OvOptions(device)}, progress, _int8_spec(calib, method, calib_size))
     _warn_random(result.weights)
+    if result.int8 is not None:
+        _print_int8_source(result.int8)
     _print_verify(result)
     if not result.passed:
         rows = ", ".join(f"{r.backend} {r.precision} ({r.note or r.status})" for r in result.failures)
@@ -427,7 +525,14 @@ def _print_verify(result) -> None:
     from rich import box
     from rich.markup import escape
 
-    table = Table(title=f"{result.recipe}: parity with PyTorch FP32 over {result.inputs}", title_justify="left",
+    compared = [r for r in result.rows if r.status != "not supported"]
+    groups: dict[str, list[str]] = {}  # inputs -> precisions compared on them (INT8: photos calibration never saw)
+    for r in compared:
+        groups.setdefault(r.inputs or result.inputs, [])
+        if r.precision not in groups[r.inputs or result.inputs]:
+            groups[r.inputs or result.inputs].append(r.precision)
+    over = f" over {next(iter(groups))}" if len(groups) == 1 else ""
+    table = Table(title=f"{result.recipe}: parity with PyTorch FP32{over}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("backend", "precision", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
         table.add_column(col, justify="left" if col in ("backend", "precision", "result") else "right",
@@ -442,11 +547,19 @@ def _print_verify(result) -> None:
                  f"{p['top5_agreement']:.0%}"] if "max_abs" in p else ["-"] * 5
         table.add_row(r.backend, precision, *cells, f"[{colour}]{status}[/]")
     console.print(table)
-    used = dict.fromkeys(r.precision for r in result.rows if r.status != "not supported")
+    used = dict.fromkeys(r.precision for r in compared)
     console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used))
+    if len(groups) > 1:
+        for inputs, precisions in groups.items():
+            console.print(f"{', '.join(precisions)} compared over {inputs}", highlight=False)
     for r in result.rows:
         if r.status == "error":
             err.print(f"[red]{r.backend} {r.precision}:[/] {escape(r.note)}", highlight=False, soft_wrap=True)
+    if any(r.status == "not enforced" or (r.precision == "int8" and r.status == "passed" and result.weights and
+                                          result.weights.get("source") == "random") for r in result.rows):
+        from effexport.calibration.build import RANDOM_NOTE
+
+        err.print(f"[bold red]{RANDOM_NOTE}[/]", highlight=False)
     console.print(f"table: {result.path}")
 
 
@@ -456,16 +569,25 @@ def bench_cmd(
     backends: Annotated[str, typer.Option(help="Comma-separated: torch (the baseline, always run), onnxruntime, "
                                                "openvino, tensorrt.")] = "torch,onnxruntime,openvino",
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
-    precision: Annotated[str, typer.Option(help="Comma-separated precisions for the backends.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions for the backends, e.g. fp32,int8.")]
+    = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="Threads for every backend (default: all CPUs).")] = None,
     iters: Annotated[int, typer.Option(help="Timed runs per backend and batch size (after warm-up).")] = 50,
     max_warmup: Annotated[int, typer.Option(help="Most warm-up runs (warm-up ends earlier once stable).")] = 100,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png (matplotlib).")] = True,
+    tolerance: ToleranceOption = None,
+    calib: CalibOption = None,
+    method: MethodOption = "minmax",
+    calib_size: CalibSizeOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Time PyTorch eager and each backend with one harness: p50/p90/p99 latency, throughput, speed-up."""
@@ -494,9 +616,11 @@ def bench_cmd(
         def timed(label: str, done: int, total: int) -> None:
             bar.update(task, description=f"timing {label}", completed=done, total=total)
 
-        result = bench_recipe(name, chosen, batches, precisions, threads, config,
-                              _source(weights, pretrained, ema, img_size, opset), out, chart=chart, progress=stage,
-                              on_run=timed)
+        source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table,
+                         calib)
+        result = bench_recipe(name, chosen, batches, precisions, threads, config, source, out, chart=chart,
+                              progress=stage, on_run=timed, int8=_int8_spec(calib, method, calib_size),
+                              tolerances=_parse_tolerances(None, tolerance or []))
     _print_bench(result)
 
 
@@ -526,16 +650,11 @@ def _print_bench(result) -> None:
 # ---------------------------------------------------------------------------------------------- int8 / calibrate
 # INT8: one calibration, every form (effexport/calibration/build.py). The backend commands call the same library.
 
-MethodOption = Annotated[str, typer.Option("--method", help="Calibration: minmax, entropy or percentile.")]
-CalibSizeOption = Annotated[Optional[int], typer.Option("--calib-size", help="Use a seeded sample of N images.")]
-
 
 @app.command()
 def calibrate(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration images: a folder (jpg/png/webp, "
-                                                  "recursive) or a .npy/.npz of preprocessed inputs; default: "
-                                                  "the built-in photographs.")] = None,
+    calib: CalibOption = None,
     method: MethodOption = "minmax",
     calib_size: CalibSizeOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the --calib-size sample.")] = 0,
@@ -551,6 +670,10 @@ def calibrate(
     min_top1: Annotated[Optional[float], typer.Option(help="INT8 tolerance: top-1 agreement (default 0.95).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
     = False,
+    width: WidthOption = None,
+    resolution: ResolutionOption = None,
+    budget_mflops: BudgetOption = None,
+    query_table: QueryTableOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Calibrate a recipe's verified ONNX and build its INT8 forms: QDQ ONNX for TensorRT, an ONNX
@@ -563,7 +686,9 @@ def calibrate(
                           min_top1=min_top1, force=force)
     with _status(f"calibrating {name}") as progress:
         result = build_int8(name, calib, options, out, spec,
-                            OnnxOptions(img_size=img_size, dynamic_batch=dynamic_batch, images=images), progress)
+                            OnnxOptions(img_size=img_size, dynamic_batch=dynamic_batch, images=images, calib=calib,
+                                        width=width, resolution=resolution, budget_mflops=budget_mflops,
+                                        query_table=query_table), progress)
     _print_int8(result)
 
 
@@ -582,9 +707,10 @@ def _print_int8(result) -> None:
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if manifest.get("parity_note"):
-        err.print(f"[yellow]warning:[/] {manifest['parity_note']}")
+        err.print(f"[bold red]{manifest['parity_note']}[/]", highlight=False)
     source = "built-in photographs" if data["kind"] == "builtin" else data["source"]
-    console.print(f"calibration: {data['count']} inputs from {source}, method {manifest['method']}; cache "
+    console.print(f"calibration: {data['inputs']} inputs ({data['views_per_image']} per image) from {data['count']} "
+                  f"images ({source}), method {manifest['method']}; cache "
                   f"{manifest['cache']['file']} ({'reused' if result.cache_reused else 'written'})")
     if data["skipped"]:
         names = ", ".join(s["file"] for s in data["skipped"])
@@ -594,12 +720,18 @@ def _print_int8(result) -> None:
         table.add_column(col, justify="right" if col in ("size", "top-1", "cosine (min)") else "left")
     for form_name, form in manifest["forms"].items():
         parity = manifest["parity"][form_name]
-        verdict = ("[green]passed[/]" if parity["passed"] else "[red]failed[/]") if manifest["parity_judged"] \
+        enforced = form_name in manifest.get("parity_enforced", [])
+        verdict = ("[green]passed[/]" if parity["passed"] else "[red]failed[/]") if enforced \
             else ("within" if parity["passed"] else "outside") + " (not enforced)"
         table.add_row(form["file"], ", ".join(form["backends"]), f"{form['bytes'] / 1e6:.1f} MB",
                       f"{parity['top1_agreement']:.0%}", f"{parity['min_cosine']:.4f}", verdict)
     console.print(table)
-    console.print(f"INT8 tolerance {manifest['tolerance']} vs the FP32 model on {manifest['parity_inputs']}")
+    photos = manifest["parity_inputs"]
+    console.print(f"INT8 tolerance {manifest['tolerance']} vs the FP32 model on {photos['description']}",
+                  highlight=False)
+    if not photos["held_out"]:
+        err.print("[yellow]warning:[/] INT8 parity was measured on the calibration photographs themselves")
+    console.print(f"weights: {manifest['cpu']['why']}", highlight=False)
     check = manifest["qdq_check"]
     console.print(f"QDQ form check (TensorRT rules): {'passed' if check['passed'] else 'FAILED'} - "
                   f"{check['activation_quantizers']} activation quantizers per-tensor, zero points 0, "

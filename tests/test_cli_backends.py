@@ -41,8 +41,11 @@ def test_openvino_shares_the_onnx_export_and_reuses(capsys, tmp_path):
 
 
 def test_openvino_rejects_other_precisions(capsys, tmp_path):
-    code, _, err = run(["openvino", RECIPE, "--precision", "int8", "--out", str(tmp_path)], capsys)
-    assert code == 2 and "fp32 or fp16" in err
+    code, _, err = run(["openvino", RECIPE, "--precision", "bf16", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "fp32, fp16, int8" in err
+    code, _, err = run(["openvino", RECIPE, "--int8", "--precision", "fp16", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "exclude each other" in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 @pytest.mark.openvino

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.calibration.conftest import write_corrupt, write_images
+from tests.calibration.conftest import calibration_folder, write_corrupt
 from tests.test_cli import _leftovers, run
 
 RECIPE = "mobilenetv3_small"
@@ -17,10 +17,7 @@ def out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("calib")
-    write_images(folder, 6)
-    write_corrupt(folder)
-    return folder
+    return calibration_folder(tmp_path_factory.mktemp("calib"), 6)
 
 
 def test_calibrate_builds_reports_skips_and_reuses(capsys, out, calib):
@@ -62,3 +59,126 @@ def test_calibrate_on_a_folder_of_corrupt_files_exits_2(capsys, out, tmp_path):
 def test_calibrate_with_an_unknown_method_exits_2(capsys, out):
     code, _, err = run(["calibrate", RECIPE, "--method", "kl", "--out", str(out)], capsys)
     assert code == 2 and "minmax" in err
+
+
+# ---------------------------------------------------------------------------------------------- backend commands
+
+
+@pytest.fixture(scope="module")
+def deploy_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("deploy")  # shared: one dynamic-batch export and one calibration
+
+
+SMALL = ["--img-size", "64"]
+
+
+@pytest.mark.openvino
+def test_openvino_int8_builds_reports_and_reuses(capsys, deploy_out, calib):
+    pytest.importorskip("nncf")
+    args = ["openvino", RECIPE, *SMALL, "--int8", "--calib", str(calib), "--out", str(deploy_out)]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    flat = " ".join(stdout.split())
+    assert "openvino-int8/model.xml (openvino int8, executes int8" in flat and "held-out photographs" in flat
+    assert "INT8 from the calibration" in flat and "openvino form" in flat
+    assert "INT8 PARITY NOT ENFORCED" in err and "skipped 2 unreadable file(s)" in err
+    report = json.loads((deploy_out / RECIPE / "openvino-int8" / "report.json").read_text())
+    assert report["status"] == "passed" and report["parity"]["enforced"] is False
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and stdout.startswith("INT8 from the calibration") and "reused" in stdout
+    assert _leftovers(deploy_out) == []
+
+
+@pytest.mark.openvino
+def test_verify_int8_runs_each_backends_form_in_one_table(capsys, deploy_out, calib):
+    pytest.importorskip("nncf")
+    args = ["verify", RECIPE, *SMALL, "--precision", "fp32,int8", "--backends", "onnxruntime,openvino", "--calib",
+            str(calib), "--out", str(deploy_out)]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    table = json.loads((deploy_out / RECIPE / "verify.json").read_text())
+    rows = {(r["backend"], r["precision"]): r for r in table["rows"]}
+    assert rows["onnxruntime", "int8"]["artifact"].endswith("onnxruntime-int8/model.onnx")
+    assert rows["openvino", "int8"]["artifact"].endswith("openvino-int8/model.xml")
+    assert rows["onnxruntime", "int8"]["parity"]["samples"] == 72 and rows["onnxruntime", "fp32"]["parity"][
+        "samples"] == 16
+    assert table["policy"]["int8"] == {"min_cosine": 0.99, "min_top1": 0.95} and table["int8_calibration"]
+    flat = " ".join(stdout.split())
+    assert "int8 compared over 72 views of 12 held-out photographs" in flat and "INT8 PARITY NOT ENFORCED" in err
+    # random weights: outside an impossible tolerance is reported, not a failure
+    code, _, err = run([*args, "--precision", "int8", "--tolerance", "int8:min_cosine=1.5"], capsys)
+    assert code == 0 and "NOT ENFORCED" in err
+    assert {r["status"] for r in json.loads((deploy_out / RECIPE / "verify.json").read_text())["rows"]} == {
+        "not enforced"}
+
+
+def test_verify_int8_of_real_weights_exits_3_outside_the_tolerance(capsys, tmp_path, calib):
+    import torch
+
+    from effexport.exporter.pipeline import WeightsSpec, build_model
+    from effexport.recipes import get_recipe
+
+    model, _ = build_model(get_recipe(RECIPE), WeightsSpec())
+    torch.save(model.state_dict(), tmp_path / "model.pth")  # a checkpoint file: real weights to effexport
+    args = ["verify", RECIPE, *SMALL, "--precision", "int8", "--backends", "onnxruntime", "--calib", str(calib),
+            "--calib-size", "3", "--weights", str(tmp_path / "model.pth"), "--out", str(tmp_path / "out")]
+    code, _, err = run([*args, "--tolerance", "int8:min_cosine=1.5"], capsys)
+    assert code == 3 and "1 of 1 checks failed" in err and "NOT ENFORCED" not in err
+    code, stdout, err = run([*args, "--tolerance", "int8:min_cosine=0", "--tolerance", "int8:min_top1=0"], capsys)
+    assert code == 0 and "passed" in stdout, err
+
+
+def test_bench_times_int8_next_to_fp32_and_torch(capsys, deploy_out, calib):
+    code, stdout, err = run(["bench", RECIPE, *SMALL, "--backends", "torch,onnxruntime", "--precision", "fp32,int8",
+                             "--batch", "1", "--iters", "3", "--max-warmup", "6", "--no-chart", "--calib", str(calib),
+                             "--out", str(deploy_out)], capsys)
+    assert code == 0, err
+    data = json.loads((deploy_out / RECIPE / "bench.json").read_text())
+    assert [(r["backend"], r["precision"]) for r in data["results"]] == [
+        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert all(r["runs"] == 3 and r["p50_ms"] > 0 for r in data["results"])
+
+
+@pytest.mark.tensorrt
+def test_trt_int8_without_tensorrt_fails_in_one_line_before_any_work(capsys, tmp_path, calib):
+    from effexport.exporter.backends import tensorrt
+
+    if tensorrt.probe().available:
+        pytest.skip("TensorRT and a GPU are present")
+    code, _, err = run(["trt", RECIPE, "--int8", "--calib", str(calib), "--out", str(tmp_path)], capsys)
+    assert code == 4 and err.startswith("error: effexport trt needs tensorrt:") and "Traceback" not in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    code, _, err = run(["trt", RECIPE, "--int8", "--fp16", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "exclude each other" in err
+
+
+# ---------------------------------------------------------------------------------------------- recipe options
+
+
+def test_backend_commands_export_the_chosen_point_of_a_slimmable_recipe(capsys, tmp_path):
+    args = ["--width", "0.85", "--resolution", "64", "--out", str(tmp_path)]
+    code, stdout, err = run(["verify", "mutualnet_mobilenet_v2", "--backends", "onnxruntime", *args], capsys)
+    assert code == 0, err
+    assert "re-estimated on the 9 built-in photographs" in err  # the recipe's own warning reaches the user
+    folder = tmp_path / "mutualnet_mobilenet_v2-w0.85-r64"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["configuration"]["width"] == 0.85 and report["inputs"][0]["shape"][2:] == [64, 64]
+    assert "built-in photographs" in report["weights"]["finalized"]["source"]
+    assert json.loads((folder / "verify.json").read_text())["passed"]
+    assert not (tmp_path / "mutualnet_mobilenet_v2").exists()  # nothing at the default point
+    code, _, err = run(["verify", "rexnet_1.0", "--backends", "onnxruntime", "--width", "0.5", "--out",
+                        str(tmp_path)], capsys)
+    assert code == 2 and "takes no --width option" in err
+
+
+def test_calibrate_takes_the_recipe_options(capsys, tmp_path, calib):
+    code, stdout, err = run(["calibrate", "mutualnet_mobilenet_v2", "--width", "0.85", "--resolution", "64",
+                             "--calib", str(calib), "--calib-size", "3", "--no-openvino", "--out", str(tmp_path)],
+                            capsys)
+    assert code == 0, err
+    folder = tmp_path / "mutualnet_mobilenet_v2-w0.85-r64"
+    manifest = json.loads((folder / "calibration.json").read_text())
+    assert manifest["recipe"] == "mutualnet_mobilenet_v2-w0.85-r64"
+    assert manifest["data"]["preprocessing"]["crop_size"] == [64, 64]
+    report = json.loads((folder / "report.json").read_text())
+    assert report["weights"]["finalized"]["source"] == str(calib)  # BatchNorm re-estimated on the --calib images

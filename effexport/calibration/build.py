@@ -1,14 +1,16 @@
 """INT8 from one calibration: the calibration cache, every INT8 form, its checks and the calibration manifest.
 
     <out>/<recipe>/model.onnx                    FP32, verified against PyTorch (effexport onnx)
-    <out>/<recipe>/model_int8_qdq.onnx           portable QDQ: TensorRT and OpenVINO
+    <out>/<recipe>/model_int8_qdq.onnx           portable QDQ: TensorRT (ONNX Runtime and OpenVINO run it slowly or,
+                                                 on CPUs without VNNI, unfaithfully)
     <out>/<recipe>/model_int8_ort_cpu.onnx       ONNX Runtime on a CPU
     <out>/<recipe>/model_int8.xml/.bin           OpenVINO-native NNCF INT8 (when openvino and nncf are installed)
     <out>/<recipe>/calibration.json              the calibration manifest
     <out>/<recipe>/calibration-cache/<key>.json  tensor ranges, keyed by model, preprocessing, data and method
 
-The integration with the backend commands calls `build_int8` (or `ensure_int8` with an exported model) and
-reads the paths from `Int8Result.files`.
+The backend commands call `ensure_int8` through effexport.exporter.deploy (Context.int8_build) with nothing
+enforced and verify the form each backend runs against PyTorch themselves; `effexport calibrate` and `onnx --int8`
+call `build_int8`, which enforces INT8 parity on every form.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -31,13 +33,13 @@ import onnx
 from effexport import __version__
 from effexport.calibration import qdq
 from effexport.calibration.data import CalibrationData, load_calibration
+from effexport.calibration.heldout import heldout_available, int8_parity_inputs
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
 from effexport.errors import ExportError, ParityError, UsageError
 from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, write_json
 from effexport.exporter.checkpoint import sha256_of
-from effexport.exporter.inputs import parity_inputs
 from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
-from effexport.recipes import Preprocess, Recipe, get_recipe
+from effexport.recipes import Preprocess, Recipe, configure, get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,9 @@ Progress = Callable[[str], None]
 MANIFEST_FILE = "calibration.json"
 CACHE_DIR = "calibration-cache"
 OPENVINO_FORM = "openvino"
-RANDOM_NOTE = ("random weights: INT8 agreement on a random model says nothing about a trained one, so the INT8 "
-               "tolerance is reported, not enforced")
+RANDOM_NOTE = ("INT8 PARITY NOT ENFORCED: the model has random weights, and the agreement of a random model's INT8 "
+               "and FP32 outputs says nothing about a trained one; the numbers are reported only. Pass --weights "
+               "PATH or --pretrained to have INT8 parity checked")
 
 
 # Which INT8 file each backend runs (measured: bench/int8.py). verify/bench/trt/openvino --int8 look it up here.
@@ -66,6 +69,7 @@ class Int8Options:
     calib_size: int | None = None  # deterministic seeded sample of this many images; None: all
     seed: int = 0
     percentile: float = 99.999  # for method "percentile"
+    views: bool = True  # calibrate on 12 views of each photograph when there are few (data.SMALL_SET)
     openvino: bool | None = None  # NNCF OpenVINO model: None = when openvino and nncf are installed
     min_cosine: float | None = None  # override the INT8 tolerance
     min_top1: float | None = None
@@ -125,29 +129,29 @@ def int8_parity(reference: np.ndarray, candidate_path: Path, inputs: np.ndarray,
 
 
 def run_model(path: Path, inputs: np.ndarray) -> np.ndarray:
-    """Outputs of an ONNX file (ONNX Runtime, CPU) or an OpenVINO IR (OpenVINO, CPU, f32 hint)."""
+    """Outputs of an ONNX file (ONNX Runtime, CPU) or an OpenVINO IR (OpenVINO, CPU), through the backends'
+    runners; OpenVINO runs its INT8 model as the openvino backend does (f32 for the layers left in float)."""
     path = Path(path)
     if path.suffix == ".xml":
-        # A minimal OpenVINO call until the shared OpenVINO runner lands; f32 hint: no silent bf16 on AMX CPUs.
-        import openvino as ov
+        from effexport.exporter.backends import openvino
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        request = compiled.create_infer_request()
-        return np.concatenate([request.infer({0: inputs[i:i + 1]})[compiled.output(0)].copy()
-                               for i in range(len(inputs))])
-    from effexport.exporter.backends.onnxruntime import OrtRunner
+        runner = openvino.open_runner(path, precision="int8")
+    else:
+        from effexport.exporter.backends.onnxruntime import OrtRunner
 
-    with OrtRunner(path) as runner:
+        runner = OrtRunner(path)
+    with runner:
         return runner.run(inputs)
 
 
 def build_int8(recipe_name: str, calib_source: Path | None = None, options: Int8Options = Int8Options(),
-               out: Path = DEFAULT_OUT, weights=None, onnx_options=None,
-               progress: Progress | None = None) -> Int8Result:
+               out: Path = DEFAULT_OUT, weights=None, onnx_options=None, progress: Progress | None = None,
+               enforce: Collection[str] | None = None) -> Int8Result:
     """Export (or reuse) the verified FP32 ONNX of `recipe_name`, then build every INT8 form from one
     calibration on `calib_source` (image folder, .npy/.npz, or None for the built-in photographs).
 
-    `weights` and `onnx_options` are the pipeline's WeightsSpec and OnnxOptions for the FP32 export.
+    `weights` and `onnx_options` are the pipeline's WeightsSpec and OnnxOptions for the FP32 export (with the
+    options of a recipe that takes some, such as a slimmable network's width and resolution).
     Raises UsageError (bad data), ExportError (a form fails its checks), ParityError (a form of a model with
     real weights is outside the INT8 tolerance; its files are not published).
     """
@@ -156,30 +160,39 @@ def build_int8(recipe_name: str, calib_source: Path | None = None, options: Int8
     weights = weights or WeightsSpec()
     onnx_options = onnx_options or OnnxOptions()
     exported = export_recipe(recipe_name, weights, onnx_options, out, progress)
-    recipe = get_recipe(recipe_name)
+    recipe = configure(get_recipe(recipe_name), onnx_options.recipe_params, img_size=onnx_options.img_size)
     pp = recipe.preprocess.at(onnx_options.img_size) if onnx_options.img_size else recipe.preprocess
     random_weights = exported.report["weights"]["source"] == "random"
     return ensure_int8(recipe, Path(exported.path), pp, calib_source, options, random_weights=random_weights,
-                       images=onnx_options.images, progress=progress)
+                       images=onnx_options.images, enforce=enforce, progress=progress)
 
 
 def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path | None,
                 options: Int8Options = Int8Options(), *, random_weights: bool = False, images: Path | None = None,
-                progress: Progress | None = None) -> Int8Result:
-    """INT8 forms beside an already verified FP32 `fp32` (model.onnx); reuses the cache and unchanged artifacts."""
+                enforce: Collection[str] | None = None, progress: Progress | None = None) -> Int8Result:
+    """INT8 forms beside an already verified FP32 `fp32` (model.onnx); reuses the cache and unchanged artifacts.
+
+    INT8 parity is measured on photographs calibration did not see (heldout.int8_parity_inputs). `enforce` names
+    the forms whose parity failure is an error (default: every form, the promise of `effexport calibrate`); the
+    backend commands pass none, because they verify the form they run against PyTorch themselves. With random
+    weights nothing is enforced (RANDOM_NOTE).
+    """
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     dest = fp32.parent
     say("reading calibration data")
-    data = load_calibration(calib_source, pp, options.calib_size, options.seed)
+    data = load_calibration(calib_source, pp, options.calib_size, options.seed, options.views)
     model_sha = sha256_of(fp32)
     key = cache_key(model_sha, data, options)
     cache = dest / CACHE_DIR / f"{options.method}-{key}.json"
     want_openvino = nncf_available() if options.openvino is None else options.openvino
     rules = qdq.keep_float_rules(recipe)
-    fingerprint = _fingerprint(key, want_openvino, rules, options)
+    cpu = qdq.cpu_int8_choice()
+    fingerprint = _fingerprint(key, want_openvino, rules, options, cpu, images, random_weights)
+    enforced = set() if random_weights else set(qdq.FORMS) | {OPENVINO_FORM} if enforce is None else set(enforce)
     if not options.force and (previous := _reusable(dest, fingerprint)) is not None and cache.is_file():
         say("reusing the INT8 artifacts and calibration cache (nothing changed)")
+        _fail_if_outside(dest, previous, enforced)
         return Int8Result(recipe.name, dest, fp32, _files(dest, previous), dest / MANIFEST_FILE, previous, cache,
                           cache_reused=True, reused=True, warnings=list(data.warnings))
 
@@ -195,6 +208,7 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path |
         "data": data.manifest(),
         "cache": {"file": str(cache.relative_to(dest)), "key": key},
         "keep_float": [asdict(f) for f in keep_float],
+        "cpu": cpu,
         "versions": tool_versions(),
         "fingerprint": fingerprint,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -204,71 +218,88 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path |
         if cache_reused:
             say(f"reusing calibration cache {cache.name}")
         else:
-            say(f"calibrating ({options.method}) on {data.count} inputs")
+            say(f"calibrating ({options.method}) on {len(data.inputs)} inputs from {data.count} images")
             qdq.calibrate_ranges(fp32, data.inputs, options.method, cache, Path(work), options.percentile)
     manifest["cache"]["reused"] = cache_reused
     tolerance = tolerance_for("int8", min_cosine=options.min_cosine, min_top1=options.min_top1)
-    inputs, described = parity_inputs(pp, images_dir=images)
-    from effexport.exporter.backends.onnxruntime import OrtRunner
-
-    with OrtRunner(fp32) as runner:
-        reference = runner.run(inputs)
-    manifest["parity_inputs"] = described
+    say("reading the INT8 parity photographs")
+    photos = int8_parity_inputs(pp, images, manifest["data"])
+    reference = run_model(fp32, photos.inputs)
+    manifest["parity_inputs"] = photos.to_dict()
     manifest["tolerance"] = {k: v for k, v in asdict(tolerance).items() if v is not None}
     with Staging(dest) as staging:
-        forms, publish = {}, []
-        for form in qdq.FORMS.values():
-            say(f"quantizing: {form.filename}")
-            target = staging.path / form.filename
-            qdq.build_form(fp32, target, form, cache, options.method, keep_float)
-            forms[form.name] = {"file": form.filename, "backends": list(form.backends),
-                                "description": form.description, "sha256": sha256_of(target),
-                                "bytes": target.stat().st_size}
-            publish.append(form.filename)
-        check = qdq.check_tensorrt_qdq(staging.path / qdq.PORTABLE.filename)
-        manifest["qdq_check"] = check.to_dict()
-        if not check.passed:
-            raise ExportError(f"{qdq.PORTABLE.filename} is not in TensorRT's QDQ form: {'; '.join(check.problems[:3])}"
-                              f" (onnxruntime {tool_versions()['onnxruntime']} quantizer output changed?)")
-        if want_openvino:
-            say("quantizing for OpenVINO with NNCF")
-            xml = staging.path / NNCF_XML
-            info = quantize_openvino(fp32, data.inputs, keep_float, xml)
-            forms[OPENVINO_FORM] = {"file": NNCF_XML, "weights_file": NNCF_BIN, "backends": ["openvino"],
-                                    "description": "NNCF INT8 OpenVINO IR (UINT8 activations: OpenVINO only)",
-                                    "sha256": sha256_of(xml), "bytes": xml.stat().st_size +
-                                    xml.with_suffix(".bin").stat().st_size, "nncf": info}
-            publish += [NNCF_BIN, NNCF_XML]
+        forms = _build_forms(fp32, staging.path, cache, options, keep_float, data, cpu, want_openvino, say, manifest)
         manifest["forms"] = forms
         say("checking INT8 parity")
-        manifest["parity"] = {name: int8_parity(reference, staging.path / f["file"], inputs, tolerance).to_dict()
+        manifest["parity"] = {name: int8_parity(reference, staging.path / f["file"], photos.inputs, tolerance).to_dict()
                               for name, f in forms.items()}
-        failed = {n: p for n, p in manifest["parity"].items() if not p["passed"]}
         manifest["parity_judged"] = not random_weights
+        manifest["parity_enforced"] = sorted(enforced & set(forms))
         if random_weights:
             manifest["parity_note"] = RANDOM_NOTE
         manifest["seconds"] = round(time.perf_counter() - started, 2)
-        if failed and not random_weights:
-            manifest["status"] = "failed"
-            for stale in [f["file"] for f in forms.values()] + [NNCF_BIN]:
-                (dest / stale).unlink(missing_ok=True)  # older INT8 files do not match this manifest
-            write_json(dest / MANIFEST_FILE, manifest)
-            detail = "; ".join(f"{n}: {', '.join(p['failures'])}" for n, p in failed.items())
-            raise ParityError(f"{recipe.name}: INT8 differs from FP32 beyond the tolerance ({detail}); try "
-                              f"--method percentile or entropy, more --calib images, or keep more layers in float "
-                              f"(manifest: {dest / MANIFEST_FILE})")
         manifest["status"] = "passed"
-        staging.publish(publish)
+        _fail_if_outside(dest, manifest, enforced)
+        staging.publish([name for f in forms.values() for name in (f.get("weights_file"), f["file"]) if name])
     _remove_stale(dest, want_openvino)
     write_json(dest / MANIFEST_FILE, manifest)
     return Int8Result(recipe.name, dest, fp32, _files(dest, manifest), dest / MANIFEST_FILE, manifest, cache,
                       cache_reused, warnings=list(data.warnings))
 
 
-def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options) -> str:
+def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, keep_float, data: CalibrationData,
+                 cpu: dict, want_openvino: bool, say: Progress, manifest: dict) -> dict[str, dict]:
+    """Every INT8 form into `folder` from the cached ranges (and NNCF's own statistics); checks the QDQ form."""
+    forms = {}
+    for form in qdq.forms_for(cpu).values():
+        say(f"quantizing: {form.filename}")
+        target = folder / form.filename
+        qdq.build_form(fp32, target, form, cache, options.method, keep_float)
+        forms[form.name] = {"file": form.filename, "backends": list(form.backends), "description": form.description,
+                            "sha256": sha256_of(target), "bytes": target.stat().st_size}
+    check = qdq.check_tensorrt_qdq(folder / qdq.PORTABLE.filename)
+    manifest["qdq_check"] = check.to_dict()
+    if not check.passed:
+        raise ExportError(f"{qdq.PORTABLE.filename} is not in TensorRT's QDQ form: {'; '.join(check.problems[:3])}"
+                          f" (onnxruntime {tool_versions()['onnxruntime']} quantizer output changed?)")
+    if want_openvino:
+        say("quantizing for OpenVINO with NNCF")
+        xml = folder / NNCF_XML
+        info = quantize_openvino(fp32, data.inputs, keep_float, xml, overflow_fix=cpu["reduced_weights"])
+        forms[OPENVINO_FORM] = {"file": NNCF_XML, "weights_file": NNCF_BIN, "backends": ["openvino"],
+                                "description": "NNCF INT8 OpenVINO IR (UINT8 activations: OpenVINO only)",
+                                "sha256": sha256_of(xml), "bytes": xml.stat().st_size +
+                                xml.with_suffix(".bin").stat().st_size, "nncf": info}
+    return forms
+
+
+def _fail_if_outside(dest: Path, manifest: dict, enforced: set[str]) -> None:
+    """ParityError when an enforced form is outside the INT8 tolerance; its files and the other forms' are then
+    removed (they no longer match a passing manifest) and the manifest says why."""
+    failed = {n: p for n, p in manifest.get("parity", {}).items() if n in enforced and not p["passed"]}
+    if not failed:
+        return
+    manifest["status"] = "failed"
+    for form in manifest.get("forms", {}).values():
+        for name in (form["file"], form.get("weights_file")):
+            if name:
+                (dest / name).unlink(missing_ok=True)
+    write_json(dest / MANIFEST_FILE, manifest)
+    detail = "; ".join(f"{n}: {', '.join(p['failures'])}" for n, p in failed.items())
+    raise ParityError(f"{manifest['recipe']}: INT8 differs from FP32 beyond the tolerance on "
+                      f"{manifest['parity_inputs']['description']} ({detail}); try more --calib images, --method "
+                      f"percentile or entropy, or keep more layers in float, or accept it with --min-top1/--min-cosine "
+                      f"(manifest: {dest / MANIFEST_FILE})")
+
+
+def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, cpu: dict, images: Path | None,
+                 random_weights: bool) -> str:
+    from effexport.exporter.reference import images_key
+
     key = {"cache": cache_key_, "openvino": openvino, "rules": [asdict(r) for r in rules],
-           "forms": [asdict(f) for f in qdq.FORMS.values()], "tolerance": [options.min_cosine, options.min_top1],
-           "versions": tool_versions()}
+           "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
+           "tolerance": [options.min_cosine, options.min_top1], "parity_images": images_key(images),
+           "heldout": heldout_available(), "random_weights": random_weights, "versions": tool_versions()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -47,9 +47,15 @@ def _ov_names(ov_model, keep_float: list[FloatLayer]) -> list[str]:
             if op.get_type_name() in WEIGHTED_OV_OPS and op.get_friendly_name() in wanted]
 
 
-def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[FloatLayer], xml: Path) -> dict:
-    """Write `xml` (+ .bin) with NNCF INT8; returns what the manifest records about the run."""
+def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[FloatLayer], xml: Path,
+                      overflow_fix: bool = False) -> dict:
+    """Write `xml` (+ .bin) with NNCF INT8; returns what the manifest records about the run.
+
+    `overflow_fix`: 7-bit weights on every layer (NNCF's OverflowFix.ENABLE), for CPUs without VNNI where 8-bit
+    weights saturate OpenVINO's 16-bit accumulators; NNCF's default fixes the first layer only."""
     nncf, ov = require_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
     nncf.set_log_level(logging.WARNING)  # NNCF logs every ignored node at INFO on its own handler
     model = ov.convert_model(str(fp32_onnx))
     ignored = _ov_names(model, keep_float)
@@ -57,9 +63,11 @@ def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[Floa
         log.warning("%d of %d keep-float layers have no OpenVINO op of the same name; NNCF quantizes them",
                     len(keep_float) - len(ignored), len(keep_float))
     dataset = nncf.Dataset(list(inputs), lambda x: x[None])
+    fix = OverflowFix.ENABLE if overflow_fix else OverflowFix.FIRST_LAYER
     quantized = nncf.quantize(model, dataset, subset_size=len(inputs),
-                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+                              advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix))
     # compress_to_fp16=False: the non-quantized weights (keep-float layers, biases) stay FP32 as verified.
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize", "preset": "performance (default)", "subset_size": len(inputs),
-            "ignored_ops": ignored}
+            "overflow_fix": fix.value, "ignored_ops": ignored}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,29 @@ PORTABLE = QdqForm("qdq", "model_int8_qdq.onnx", ("tensorrt",), signed_activatio
 ORT_CPU = QdqForm("ort_cpu", "model_int8_ort_cpu.onnx", ("onnxruntime",), signed_activations=False,
                   reduce_range=True, op_types=None,
                   description="UINT8 activations, per-channel 7-bit INT8 weights: ONNX Runtime on a CPU")
+ORT_CPU_FULL_RANGE = "UINT8 activations, per-channel 8-bit INT8 weights (VNNI CPU): ONNX Runtime on a CPU"
 FORMS: dict[str, QdqForm] = {f.name: f for f in (PORTABLE, ORT_CPU)}
+
+
+def cpu_int8_choice() -> dict:
+    """Whether the CPU INT8 forms need 7-bit weights here (x86 without VNNI), recorded in the manifest."""
+    from effexport.exporter.cpu_env import INT8_DOT_FLAGS, cpu_flags, cpu_model, int8_weights_overflow
+
+    flags = cpu_flags()
+    reduced = int8_weights_overflow(flags)
+    return {"cpu": cpu_model(), "int8_dot_product": [f for f in INT8_DOT_FLAGS if f in flags],
+            "reduced_weights": reduced,
+            "why": "no VNNI/AMX: 8-bit weights would saturate 16-bit accumulators, so the CPU forms use 7-bit weights "
+                   "(ONNX Runtime reduce_range, NNCF overflow fix on every layer)" if reduced else
+                   "8-bit multiply-accumulate in 32 bits (or not x86): full 8-bit weights"}
+
+
+def forms_for(cpu: dict) -> dict[str, QdqForm]:
+    """The forms to build on this CPU: the ONNX Runtime CPU form keeps 8-bit weights where they cannot overflow.
+    The portable form never reduces its range: TensorRT's INT8 arithmetic does not overflow."""
+    if cpu["reduced_weights"]:
+        return FORMS
+    return {**FORMS, ORT_CPU.name: replace(ORT_CPU, reduce_range=False, description=ORT_CPU_FULL_RANGE)}
 
 
 def ort_method(method: str):

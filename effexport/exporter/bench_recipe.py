@@ -19,7 +19,9 @@ from effexport.errors import UsageError
 from effexport.exporter.artifacts import DEFAULT_OUT, write_json
 from effexport.exporter.backends import BACKENDS, get_backend
 from effexport.exporter.bench import BenchConfig, LatencyStats, Warmup, measure, speedup
-from effexport.exporter.deploy import Context, SourceSpec, ensure_artifact, open_context
+from effexport.exporter.cpu_env import cpu_flags, cpu_model
+from effexport.exporter.deploy import Context, Int8Spec, SourceSpec, ensure_artifact, open_context
+from effexport.exporter.parity import Tolerance
 from effexport.exporter.pipeline import Progress, build_model
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def make_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
 
 
 def machine_info(threads: int, backends: list[str]) -> dict[str, Any]:
-    flags = _cpu_flags()
+    flags = cpu_flags()
     versions = {"python": platform.python_version()}
     for dist in ("torch", "numpy", "onnxruntime", "openvino", "tensorrt"):
         if dist in ("onnxruntime", "openvino", "tensorrt") and dist not in backends:
@@ -105,27 +107,9 @@ def machine_info(threads: int, backends: list[str]) -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "absent"
-    return {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads,
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads,
             "cpu_flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags], "platform": platform.platform(),
             "load_average_at_start": [round(v, 2) for v in os.getloadavg()], "versions": versions}
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() == name:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
-def _cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> set[str]:
-    return set((_cpuinfo_field("flags") or "").split())
 
 
 def _plan(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
@@ -146,18 +130,21 @@ def check_backends(backends: list[str]) -> None:
 def bench_recipe(name: str, backends: list[str], batches: list[int], precisions: tuple[str, ...] = ("fp32",),
                  threads: int | None = None, config: BenchConfig | None = None, source: SourceSpec | None = None,
                  out: Path = DEFAULT_OUT, options: dict[str, Any] | None = None, chart: bool = True,
-                 progress: Progress | None = None, on_run: OnRun | None = None) -> BenchResult:
-    """Time PyTorch eager and each backend at each batch size; write bench.json and bench.png."""
+                 progress: Progress | None = None, on_run: OnRun | None = None, int8: Int8Spec | None = None,
+                 tolerances: dict[str, Tolerance] | None = None) -> BenchResult:
+    """Time PyTorch eager and each backend at each batch size; write bench.json and bench.png. Every artifact is
+    verified (built or reused) first, INT8 ones from the recipe's one calibration (`int8`)."""
     check_backends(backends)
     config = config or BenchConfig()
     source = source or SourceSpec()
     threads = threads or os.cpu_count() or 1
     machine = machine_info(threads, backends)
-    ctx = open_context(name, source, out, None, progress)
+    ctx = open_context(name, source, out, None, progress, int8)
     plan = _plan(backends, list(precisions))
     if len(plan) == 1 and BASELINE not in backends:
         raise UsageError(f"none of {', '.join(backends)} runs {', '.join(precisions)}")
-    artifacts = {(b, p): ensure_artifact(ctx, b, p, (options or {}).get(b)) for b, p in plan if b != BASELINE}
+    artifacts = {(b, p): ensure_artifact(ctx, b, p, (options or {}).get(b), (tolerances or {}).get(p))
+                 for b, p in plan if b != BASELINE}
     inputs = ctx.reference().inputs
     model = build_model(ctx.recipe, source.weights)[0]
     total = len(plan) * len(batches) * config.iters

@@ -32,12 +32,26 @@ def make_transform(pp: Preprocess):
                             std=pp.std, crop_pct=pp.crop_pct, crop_mode="center", is_training=False)
 
 
+def _make_uint8_transform(pp: Preprocess):
+    """The same transform up to the uint8 CHW crop (timm's prefetcher form, which leaves out to-float/normalize)."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=(3, *pp.crop_size), interpolation=pp.interpolation, mean=pp.mean,
+                            std=pp.std, crop_pct=pp.crop_pct, crop_mode="center", is_training=False,
+                            use_prefetcher=True)
+
+
 def preprocess_images(images: list[Image.Image], pp: Preprocess) -> np.ndarray:
-    """Apply the recipe's preprocessing; returns float32 NCHW."""
-    transform = make_transform(pp)
+    """Apply the recipe's preprocessing; returns float32 NCHW. Resize and crop are timm's; scaling and
+    normalization (timm's ToTensor and Normalize, the same float32 arithmetic) run in NumPy over the whole batch:
+    on a 224x224 image torch's multi-threaded versions took 25 ms each here, 50 times the single-threaded cost."""
     if not images:
         return np.zeros((0, 3, *pp.crop_size), dtype=np.float32)
-    return np.stack([transform(im.convert("RGB")).numpy() for im in images]).astype(np.float32)
+    transform = _make_uint8_transform(pp)
+    pixels = np.stack([transform(im.convert("RGB")).numpy() for im in images])
+    mean = np.asarray(pp.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(pp.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((pixels.astype(np.float32) / np.float32(255) - mean) / std)
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -174,6 +174,8 @@ def prepare(recipe: Recipe, weights: WeightsSpec, img_size: int | None = None, i
 def _fingerprint(recipe: Recipe, weights: WeightsSpec, options: OnnxOptions) -> str:
     opts = asdict(options)
     opts.pop("force")
+    if recipe.finalize is None:  # calibration images change the FP32 model only through a recipe's finalize step
+        opts.pop("calib")
     key = {"recipe": recipe.name, "weights": weights.identity(recipe), "options": opts,
            "versions": tool_versions()}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,16 +44,25 @@ def images_key(images: Path | None) -> str:
 def reference_for(recipe: Recipe, weights: WeightsSpec, img_size: int | None, onnx_result: OnnxResult,
                   images: Path | None, out: Path, progress: Progress | None = None) -> Reference:
     """PyTorch FP32 outputs on the parity inputs, computed once per (model, images) and cached."""
+    pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
+    return cached_reference(recipe, weights, onnx_result, out, REFERENCE_FILE, images_key(images),
+                            lambda: parity_inputs(pp, images_dir=images), progress)
+
+
+def cached_reference(recipe: Recipe, weights: WeightsSpec, onnx_result: OnnxResult, out: Path, file_name: str,
+                     inputs_key: str, make_inputs: Callable[[], tuple[np.ndarray, str]],
+                     progress: Progress | None = None) -> Reference:
+    """PyTorch FP32 outputs on the inputs `make_inputs` returns (with their description), cached in
+    `<out>/<recipe>/<file_name>` under the verified ONNX's fingerprint and `inputs_key`."""
     say = progress or (lambda _msg: None)
-    path = recipe_dir(out, recipe.name) / REFERENCE_FILE
-    key = f"{onnx_result.report.get('fingerprint')}|{images_key(images)}"
+    path = recipe_dir(out, recipe.name) / file_name
+    key = f"{onnx_result.report.get('fingerprint')}|{inputs_key}"
     cached = _load(path, key)
     if cached is not None:
         return cached
-    say("running the PyTorch FP32 reference")
+    inputs, described = make_inputs()
+    say(f"running the PyTorch FP32 reference on {len(inputs)} inputs")
     model, _ = build_model(recipe, weights)
-    pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
-    inputs, described = parity_inputs(pp, images_dir=images)
     reference = Reference(inputs, run_torch(model, inputs), described)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), inputs=reference.inputs, outputs=reference.outputs,

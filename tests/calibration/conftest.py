@@ -67,3 +67,10 @@ def write_corrupt(folder: Path) -> list[str]:
     data = good.read_bytes() if good.exists() else b""
     (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + data[:40])
     return ["garbage.jpg", "truncated.png"]
+
+
+def calibration_folder(folder: Path, n: int) -> Path:
+    """n readable images (jpg/png/webp, some in a sub-folder) and two corrupt files: what --calib meets."""
+    write_images(folder, n)
+    write_corrupt(folder)
+    return folder

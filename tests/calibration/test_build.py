@@ -121,3 +121,34 @@ def test_every_backend_has_an_int8_form():
         assert form in FORMS or form == build.OPENVINO_FORM
     with pytest.raises(UsageError, match="no INT8 form"):
         build.form_for_backend("coreml")
+
+
+def test_parity_is_measured_on_held_out_photographs_and_reported_loudly_for_random_weights(calib_dir, fp32):
+    result = int8(fp32, calib_dir, calib_size=3)
+    assert result.manifest["parity_inputs"]["kind"] == "heldout" and result.manifest["parity_inputs"]["held_out"]
+    assert all(p["samples"] == 72 for p in result.manifest["parity"].values())
+    assert result.manifest["parity_enforced"] == [] and result.manifest["parity_note"] == build.RANDOM_NOTE
+    assert "NOT ENFORCED" in build.RANDOM_NOTE
+
+
+def test_backend_builds_enforce_nothing_but_calibrate_still_fails_on_the_same_manifest(calib_dir, fp32):
+    options = Int8Options(calib_size=3, openvino=False, min_cosine=1.01)  # stands in for a bad quantization
+    built = ensure_int8(get_recipe(RECIPE), fp32, PP, calib_dir, options, random_weights=False, enforce=())
+    assert built.manifest["status"] == "passed" and not any(p["passed"] for p in built.manifest["parity"].values())
+    assert built.files["ort_cpu"].is_file()  # the backend's own check against PyTorch decides
+    with pytest.raises(ParityError, match="beyond the tolerance"):
+        ensure_int8(get_recipe(RECIPE), fp32, PP, calib_dir, options, random_weights=False)
+    assert not built.files["ort_cpu"].exists()
+    assert json.loads(built.manifest_path.read_text())["status"] == "failed"
+
+
+def test_cpu_choice_sets_the_weight_range_of_the_cpu_form():
+    from effexport.calibration import qdq
+    from effexport.exporter.cpu_env import int8_weights_overflow
+
+    assert int8_weights_overflow({"avx2", "fma"}, "x86_64") and not int8_weights_overflow({"avx512_vnni"}, "x86_64")
+    assert not int8_weights_overflow(set(), "aarch64")
+    assert qdq.forms_for({"reduced_weights": True})["ort_cpu"].reduce_range
+    full = qdq.forms_for({"reduced_weights": False})
+    assert not full["ort_cpu"].reduce_range and "8-bit" in full["ort_cpu"].description
+    assert not full["qdq"].reduce_range  # TensorRT's form never reduces

@@ -10,7 +10,7 @@ from tests.calibration.conftest import PP, write_corrupt, write_images
 
 def test_folder_is_recursive_and_preprocessed(tmp_path):
     write_images(tmp_path, 6)
-    data = load_calibration(tmp_path, PP)
+    data = load_calibration(tmp_path, PP, views=False)
     assert data.count == 6 and data.kind == "folder" and data.inputs.shape == (6, 3, 32, 32)
     assert data.inputs.dtype == np.float32
     names = [i.name for i in data.items]
@@ -19,6 +19,23 @@ def test_folder_is_recursive_and_preprocessed(tmp_path):
     manifest = data.manifest()
     assert manifest["count"] == 6 and manifest["preprocessing"]["crop_size"] == (32, 32)
     assert manifest["skipped"] == [] and manifest["digest"] == data.digest()
+    assert manifest["views_per_image"] == 1 and manifest["inputs"] == 6
+
+
+def test_a_small_set_is_calibrated_on_views_of_each_photograph(tmp_path, monkeypatch):
+    from effexport.calibration import data as data_module
+
+    write_images(tmp_path, 3)
+    viewed = load_calibration(tmp_path, PP)
+    plain = load_calibration(tmp_path, PP, views=False)
+    assert viewed.count == 3 and viewed.views == 12 and viewed.inputs.shape == (36, 3, 32, 32)
+    assert viewed.manifest()["inputs"] == 36 and viewed.digest() != plain.digest()
+    # the first view is the whole photograph, the second its mirror image
+    np.testing.assert_array_equal(viewed.inputs[0], plain.inputs[0])
+    np.testing.assert_allclose(viewed.inputs[1], plain.inputs[0][:, :, ::-1], atol=1e-6)
+    np.testing.assert_array_equal(viewed.inputs, load_calibration(tmp_path, PP).inputs)  # deterministic
+    monkeypatch.setattr(data_module, "SMALL_SET", 3)  # a set that is not small is used as it is
+    assert load_calibration(tmp_path, PP).views == 1
 
 
 def test_corrupt_files_are_skipped_counted_and_named(tmp_path):

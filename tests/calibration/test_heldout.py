@@ -60,3 +60,70 @@ def test_trained_efficientnet_lite0_int8_on_heldout_photos(tmp_path):
         assert confident_top1 >= int8.min_top1, (form, confident_top1)
     portable = compare(reference, run_model(result.files["qdq"], held.inputs), int8)
     assert portable.top1_agreement >= 0.90, portable.summary()
+
+
+# ---------------------------------------------------------------------------------------------- INT8 parity inputs
+
+PP64 = get_recipe("mobilenetv3_small").preprocess.at(64)
+
+
+def _calibration(folder=None):
+    from effexport.calibration.data import load_calibration
+
+    return load_calibration(folder, PP64, views=False).manifest()
+
+
+def _no_eval_extra(monkeypatch):
+    from effexport.calibration import heldout
+    from effexport.errors import MissingDependencyError
+
+    def missing():
+        raise MissingDependencyError("the held-out photographs need the package skimage")
+
+    monkeypatch.setattr(heldout, "photo_paths", missing)
+
+
+def test_int8_parity_prefers_the_held_out_photographs():
+    from effexport.calibration.heldout import int8_parity_inputs
+
+    photos = int8_parity_inputs(PP64, None, _calibration())
+    assert photos.kind == "heldout" and photos.held_out and photos.inputs.shape == (72, 3, 64, 64)
+    np.testing.assert_array_equal(photos.inputs, heldout_inputs(PP64).inputs)
+
+
+def test_int8_parity_on_your_images_leaves_out_calibration_files(tmp_path):
+    import shutil
+
+    from effexport.calibration.heldout import int8_parity_inputs
+    from effexport.errors import UsageError
+    from tests.calibration.conftest import write_images
+
+    calib, images = tmp_path / "calib", tmp_path / "images"
+    write_images(calib, 3)
+    write_images(images, 2, seed=7)
+    shutil.copy(calib / "img00.jpg", images / "same.jpg")
+    photos = int8_parity_inputs(PP64, images, _calibration(calib))
+    assert photos.kind == "images" and len(photos.inputs) == 2 and "1 left out" in photos.description
+    with pytest.raises(UsageError, match="calibration did not use"):
+        int8_parity_inputs(PP64, calib, _calibration(calib))
+
+
+def test_without_the_eval_extra_the_built_in_photographs_serve_when_calibration_did_not_use_them(tmp_path,
+                                                                                                  monkeypatch):
+    from effexport.calibration.heldout import int8_parity_inputs
+    from tests.calibration.conftest import write_images
+
+    _no_eval_extra(monkeypatch)
+    write_images(tmp_path, 3)
+    photos = int8_parity_inputs(PP64, None, _calibration(tmp_path))
+    assert photos.kind == "builtin" and photos.held_out and len(photos.inputs) == 9 * len(VIEWS)
+    assert "not used for calibration" in photos.description
+
+
+def test_with_nothing_held_out_the_description_says_so(monkeypatch):
+    from effexport.calibration.heldout import int8_parity_inputs
+
+    _no_eval_extra(monkeypatch)
+    photos = int8_parity_inputs(PP64, None, _calibration())  # calibrated on the built-in photographs
+    assert photos.kind == "calibration" and not photos.held_out
+    assert "also the calibration data" in photos.description and "effexport[eval]" in photos.description

@@ -49,5 +49,5 @@ def test_new_images_give_a_new_reference(out, tmp_path):
 
 def test_unsupported_precision_is_a_usage_error(out):
     ctx = open_context("mobilenetv3_small", SOURCE, out)
-    with pytest.raises(UsageError, match="onnxruntime supports fp32, fp16, not bf16"):
+    with pytest.raises(UsageError, match="onnxruntime supports fp32, fp16, int8, not bf16"):
         ensure_artifact(ctx, "onnxruntime", "bf16")

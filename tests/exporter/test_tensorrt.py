@@ -218,3 +218,51 @@ def test_probe_names_what_is_missing_here():
     env = trt_backend.cuda_environment()
     if not env["gpus"]:
         assert not found.available and "no CUDA GPU is visible" in found.reason
+
+
+# ---------------------------------------------------------------------------------------------- INT8
+
+
+@pytest.fixture(scope="module")
+def qdq_file(onnx_file, tmp_path_factory):
+    """The calibration's portable Q/DQ form of the small model (symmetric INT8, per-channel weights)."""
+    import numpy as np
+
+    from effexport.calibration import qdq
+
+    folder = tmp_path_factory.mktemp("qdq")
+    inputs = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    qdq.calibrate_ranges(onnx_file, inputs, "minmax", folder / "ranges.json", folder)
+    qdq.build_form(onnx_file, folder / "model_int8_qdq.onnx", qdq.PORTABLE, folder / "ranges.json", "minmax", [])
+    return folder / "model_int8_qdq.onnx"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_int8_is_explicit_quantization_strongly_typed_without_precision_flags(version, qdq_file):
+    trt = make_fake_tensorrt(version)
+    assert source_precision("int8", TrtOptions()) == "int8"  # deploy hands it the Q/DQ form
+    result = build_engine(trt, qdq_file, "int8", TrtOptions())
+    (flags,) = [c[1] for c in _calls(trt, "create_network")]
+    assert flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert not _calls(trt, "set_flag") and not _calls(trt, "clear_flag")  # no INT8/FP16 flag, TF32 untouched
+    assert result.report["strongly_typed"] and "Q/DQ" in result.report["int8_from"]
+    assert _calls(trt, "parse_from_file") == [("parse_from_file", str(qdq_file))]
+
+
+def test_int8_fp16_builder_flag_is_refused(qdq_file):
+    trt = make_fake_tensorrt("10.9.0")
+    with pytest.raises(UsageError, match="only applies to --fp16"):
+        build_engine(trt, qdq_file, "int8", TrtOptions(fp16_builder_flag=True))
+    assert trt.calls == []
+
+
+def test_int8_build_checks_the_qdq_form_before_tensorrt_sees_it(onnx_file, qdq_file, tmp_path, monkeypatch):
+    trt = make_fake_tensorrt("11.1.0")
+    monkeypatch.setattr(trt_backend, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "cuda_environment", lambda: {"cuda_runtime": "13.0", "gpus": []})
+    with pytest.raises(ExportError, match="not in TensorRT's Q/DQ form: no quantized weights"):
+        trt_backend.build(onnx_file, tmp_path, "int8", TrtOptions())  # the FP32 graph is no INT8 source
+    assert trt.calls == []
+    output = trt_backend.build(qdq_file, tmp_path, "int8", TrtOptions())
+    assert output.info["qdq_check"]["passed"] and output.info["qdq_check"]["weight_quantizers"] == 2
+    assert output.info["int8_from"] and (tmp_path / "model.plan").is_file()

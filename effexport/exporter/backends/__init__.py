@@ -78,19 +78,20 @@ class Backend:
         return found
 
 
-# INT8 (the calibration work) plugs in without touching the code that uses this table: register an "int8" ONNX
-# variant (the Q/DQ graph) with onnxruntime.register_onnx_variant, which both ONNX Runtime and TensorRT build from
-# (TensorRT's source_precision maps every precision but fp32 to the ONNX variant of that name), and add "int8" to
-# those backends' precisions below; OpenVINO's NNCF path adds an "int8" branch to openvino.build.
+# INT8 comes from one calibration of the recipe (effexport.calibration.build), which makes one form per backend
+# (calibration.build.BACKEND_FORMS): each backend's source_precision("int8") is "int8", and deploy hands its build
+# that backend's form (ONNX Runtime: the CPU form; OpenVINO: the NNCF IR; TensorRT: the portable Q/DQ ONNX).
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("onnxruntime", "onnxruntime", None, ("fp32", "fp16"),
-                "ONNX Runtime on the CPU; fp16 is an FP16 ONNX graph with FP32 inputs and outputs"),
-        Backend("openvino", "openvino", "openvino", ("fp32", "fp16", "bf16"),
-                "OpenVINO IR (model.xml/.bin); fp16 = FP16-compressed weights, bf16 = bf16 execution"),
-        Backend("tensorrt", "tensorrt", "tensorrt", ("fp32", "fp16"),
-                "TensorRT 10.x/11.x engine (model.plan) on a CUDA GPU; fp16 from the FP16 ONNX graph"),
+        Backend("onnxruntime", "onnxruntime", None, ("fp32", "fp16", "int8"),
+                "ONNX Runtime on the CPU; fp16 is an FP16 ONNX graph with FP32 inputs and outputs, int8 the "
+                "calibration's CPU form"),
+        Backend("openvino", "openvino", "openvino", ("fp32", "fp16", "bf16", "int8"),
+                "OpenVINO IR (model.xml/.bin); fp16 = FP16-compressed weights, bf16 = bf16 execution, int8 = NNCF"),
+        Backend("tensorrt", "tensorrt", "tensorrt", ("fp32", "fp16", "int8"),
+                "TensorRT 10.x/11.x engine (model.plan) on a CUDA GPU; fp16 from the FP16 ONNX graph, int8 from "
+                "the Q/DQ ONNX"),
     )
 }
 

@@ -1,14 +1,16 @@
 """ONNX Runtime (CPU): the reference runtime every ONNX export is verified in.
 
-Its artifacts are ONNX files: the verified FP32 export itself, and ONNX *variants* built from it (fp16: an FP16
-graph with FP32 inputs and outputs). Variants are also the sources other backends build from (TensorRT's FP16
-engine is built from the fp16 variant), so a new precision that is a transformation of the ONNX graph (the
-INT8 Q/DQ graph of the calibration work) plugs in here with `register_onnx_variant` and every ONNX-consuming
-backend can use it.
+Its artifacts are ONNX files: the verified FP32 export itself, and ONNX *variants* (fp16: an FP16 graph with FP32
+inputs and outputs, built from the FP32 export; int8: the calibration's ONNX Runtime CPU form). A variant builder
+receives the model its precision starts from (`source_precision`) and writes the variant. Variants are also the
+sources other backends build from (TensorRT's FP16 engine is built from the fp16 variant), so a new precision
+that is a transformation of the ONNX graph plugs in here with `register_onnx_variant`. INT8 is the exception that
+needs data: its forms come from one calibration (effexport.calibration.build), one form per backend.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,15 @@ def _fp16_variant(source: Path, dest: Path) -> tuple[list[Path], dict]:
     return fp16_graph_file(source, dest)
 
 
+def _int8_variant(source: Path, dest: Path) -> tuple[list[Path], dict]:
+    """The source is already the calibrated ONNX Runtime CPU form: the artifact is a copy of it, verified against
+    PyTorch in its own folder beside the other precisions."""
+    shutil.copyfile(source, dest)
+    return [dest], {"from": Path(source).name, "what": "the calibration's ONNX Runtime CPU form (copied)"}
+
+
 register_onnx_variant("fp16", _fp16_variant)
+register_onnx_variant("int8", _int8_variant)
 
 
 def probe() -> Availability:
@@ -48,7 +58,7 @@ def probe() -> Availability:
 
 
 def source_precision(precision: str, options: Any = None) -> str:
-    return "fp32"
+    return "int8" if precision == "int8" else "fp32"
 
 
 def build(source: Path, folder: Path, precision: str, options: Any = None) -> BuildOutput:
@@ -66,6 +76,8 @@ def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None 
     runner.execution["execution_precision"] = precision
     if precision == "fp16":
         runner.execution["note"] = "FP16 graph; the CPU provider casts around operators without FP16 kernels"
+    if precision == "int8":
+        runner.execution["note"] = "Q/DQ graph: integer kernels where ONNX Runtime fuses DQ -> op -> Q"
     return runner
 
 

@@ -8,12 +8,14 @@ from the compiled model the precision it really uses, which is what reports show
 Precisions: fp32 = FP32 IR executed in f32; fp16 = FP16-compressed weights executed at the device's default
 precision (bf16 on AMX CPUs, f32 elsewhere); bf16 = the FP32 IR executed with the bf16 hint (the CPU falls back to
 f32 where it has no bf16 arithmetic, and the report says so). Both reduced modes are held to the reduced-precision
-tolerance.
+tolerance. int8 = the NNCF INT8 IR of the recipe's calibration (effexport.calibration), copied into the artifact
+folder and run with the f32 hint, so that the layers INT8 leaves in float compute in f32, not silently bf16.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,9 @@ MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
 DEFAULT_DEVICE = "CPU"
 # The inference-precision hint each precision runs with; None leaves the device default.
-EXECUTION_HINT = {"fp32": "f32", "fp16": None, "bf16": "bf16"}
+EXECUTION_HINT = {"fp32": "f32", "fp16": None, "bf16": "bf16", "int8": "f32"}
 # What each precision's IR holds on disk: bf16 runs the fp32 IR.
-ARTIFACT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
+ARTIFACT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", "int8": "int8"}
 
 
 def _precision_name(ov_type: str) -> str:
@@ -64,7 +66,7 @@ def probe() -> Availability:
 
 
 def source_precision(precision: str, options: Any = None) -> str:
-    return "fp32"
+    return "int8" if precision == "int8" else "fp32"
 
 
 def artifact_precision(precision: str) -> str:
@@ -72,8 +74,15 @@ def artifact_precision(precision: str) -> str:
 
 
 def build(source: Path, folder: Path, precision: str, options: Any = None) -> BuildOutput:
-    """Convert the verified ONNX with `ov.convert_model` and save the IR; weights FP16 only for fp16."""
+    """Convert the verified ONNX with `ov.convert_model` and save the IR; weights FP16 only for fp16. For int8 the
+    source is the calibration's NNCF IR, copied as it is (its .bin beside it)."""
     ov = _ov()
+    if precision == "int8":
+        shutil.copyfile(source, Path(folder) / MODEL_FILE)
+        shutil.copyfile(Path(source).with_suffix(".bin"), Path(folder) / WEIGHTS_FILE)
+        return BuildOutput(MODEL_FILE, [WEIGHTS_FILE, MODEL_FILE], {"from": Path(source).name,
+                                                                     "what": "the calibration's NNCF INT8 IR (copied)",
+                                                                     "openvino": ov.get_version()})
     model = ov.convert_model(str(source))
     compress = artifact_precision(precision) == "fp16"
     ov.save_model(model, str(Path(folder) / MODEL_FILE), compress_to_fp16=compress)
@@ -85,7 +94,11 @@ def build(source: Path, folder: Path, precision: str, options: Any = None) -> Bu
 def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None = None, batch: int | None = None,
                 options: Any = None) -> OvRunner:
     device = getattr(options, "device", None) or DEFAULT_DEVICE
-    return OvRunner(artifact, device=device, hint=EXECUTION_HINT[precision], threads=threads, batch=batch)
+    runner = OvRunner(artifact, device=device, hint=EXECUTION_HINT[precision], threads=threads, batch=batch)
+    if precision == "int8":  # the hint governs only the layers left in float; the quantized ones run int8
+        runner.execution["float_layers"] = runner.execution["execution_precision"]
+        runner.execution["execution_precision"] = "int8"
+    return runner
 
 
 class OvRunner:

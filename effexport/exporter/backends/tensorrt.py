@@ -10,6 +10,11 @@ Written to the documented Python API of both majors. What differs:
   deprecated member; 11.x removed it.
 - FP32 builds clear BuilderFlag.TF32 (on by default): TF32 rounds matmul/conv inputs to 10 mantissa bits, which
   is not FP32 and would not meet the FP32 tolerance.
+- INT8 is explicit quantization: the engine is built from the calibration's portable Q/DQ ONNX (checked against
+  TensorRT's Q/DQ rules first), strongly typed on both majors. TensorRT's explicit-quantization guide says to use
+  it with strong typing and that precision builder flags "are not required and should not be specified"; 10.12
+  deprecated weak typing and 11.x removed it, so the 10.x weakly typed route (BuilderFlag.INT8, which 8.x required
+  for Q/DQ networks) is not offered. Layers outside the Q/DQ pairs run in the graph's FP32.
 
 The build function takes the `tensorrt` module as an argument so that tests can hand it a recording fake
 (tests/fakes/tensorrt.py) and check our calls on a machine without TensorRT or a GPU.
@@ -281,6 +286,7 @@ def build_engine(trt: ModuleType, onnx_path: Path, precision: str, options: TrtO
     report = {"tensorrt": trt.__version__, "strongly_typed": strongly_typed,
               "fp16_from": ("builder flag" if options.fp16_builder_flag else "FP16 ONNX graph")
               if precision == "fp16" else None,
+              "int8_from": "Q/DQ ONNX (explicit quantization, no precision flags)" if precision == "int8" else None,
               "settings": settings, "profile": profile, "timing_cache": cache, "options": options.identity()}
     return EngineBuild(plan, layers, report)
 
@@ -296,13 +302,27 @@ def inspect_engine(trt: ModuleType, plan: bytes, logger, host_code_allowed: bool
     return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
 
 
+def check_int8_source(onnx_path: Path) -> dict:
+    """TensorRT accepts only symmetric INT8 Q/DQ (zero points 0, per-tensor activations, per-output-channel
+    weights): check the file before spending a build on it."""
+    from effexport.calibration.qdq import check_tensorrt_qdq
+
+    check = check_tensorrt_qdq(Path(onnx_path))
+    if not check.passed:
+        problems = "; ".join(check.problems[:3]) or "no quantized weights"
+        raise ExportError(f"{Path(onnx_path).name} is not in TensorRT's Q/DQ form: {problems}; rebuild it with "
+                          f"'effexport calibrate' (the portable model_int8_qdq.onnx)")
+    return check.to_dict()
+
+
 def build(source: Path, folder: Path, precision: str, options: TrtOptions | None = None) -> BuildOutput:
     trt = require_tensorrt()
     options = options or TrtOptions()
+    qdq_check = check_int8_source(source) if precision == "int8" else None
     result = build_engine(trt, Path(source), precision, options)
     (Path(folder) / PLAN_FILE).write_bytes(result.plan)
     (Path(folder) / LAYERS_FILE).write_text(_pretty_json(result.layers))
-    info = {**result.report, "environment": cuda_environment()}
+    info = {**result.report, "environment": cuda_environment(), **({"qdq_check": qdq_check} if qdq_check else {})}
     return BuildOutput(PLAN_FILE, [LAYERS_FILE, PLAN_FILE], info)
 
 
