@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,8 +27,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     epilog="Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()),
 )
-console = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool) -> Console:
+    """Rich wraps at 80 columns when output is not a terminal (CI logs, pipes, `tee`), which cuts the tables'
+    file names in half; 120 keeps a row on one line. A terminal's own width, or COLUMNS, still decides.
+    The stream itself is left to rich, which looks it up at each write (tests swap sys.stdout)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(stderr=stderr, width=width)
+
+
+console = _console(stderr=False)
+err = _console(stderr=True)
 
 OutOption = Annotated[Path, typer.Option("--out", help="Artifacts go to <out>/<recipe>/.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -35,13 +47,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 # ---------------------------------------------------------------------------------------------- slimmable options
 # Only recipes that take them (the slimmable networks) accept these; any other recipe exits 2.
 
-WidthOption = Annotated[Optional[float], typer.Option(
+WidthOption = Annotated[float | None, typer.Option(
     "--width", help="Slimmable recipes: the width to export (within the trained range).")]
-ResolutionOption = Annotated[Optional[int], typer.Option(
+ResolutionOption = Annotated[int | None, typer.Option(
     "--resolution", help="Slimmable recipes: the input resolution (BatchNorm statistics are re-estimated there).")]
-BudgetOption = Annotated[Optional[float], typer.Option(
+BudgetOption = Annotated[float | None, typer.Option(
     "--budget-mflops", help="Slimmable recipes: export the most accurate query-table point within this budget.")]
-QueryTableOption = Annotated[Optional[Path], typer.Option(
+QueryTableOption = Annotated[Path | None, typer.Option(
     "--query-table", help="Slimmable recipes: your own query table for --budget-mflops (CSV: "
                           "mflops,width,resolution,top1).")]
 
@@ -50,13 +62,13 @@ QueryTableOption = Annotated[Optional[Path], typer.Option(
 # One calibration serves every INT8 artifact of a recipe (effexport/calibration/build.py); --calib also feeds the
 # BatchNorm re-estimation of slimmable recipes.
 
-CalibOption = Annotated[Optional[Path], typer.Option(
+CalibOption = Annotated[Path | None, typer.Option(
     "--calib", help="Calibration images: a folder (jpg/png/webp, recursive) or a .npy/.npz of preprocessed inputs, "
                     "for INT8 and for the BatchNorm re-estimation of slimmable recipes; default: the built-in "
                     "photographs.")]
 MethodOption = Annotated[str, typer.Option("--method", help="Calibration: minmax, entropy or percentile.")]
-CalibSizeOption = Annotated[Optional[int], typer.Option("--calib-size", help="Use a seeded sample of N images.")]
-ToleranceOption = Annotated[Optional[list[str]], typer.Option(
+CalibSizeOption = Annotated[int | None, typer.Option("--calib-size", help="Use a seeded sample of N images.")]
+ToleranceOption = Annotated[list[str] | None, typer.Option(
     "--tolerance", help="Override, e.g. int8:min_top1=0.9 or fp16:min_cosine=0.9995 (repeatable).")]
 
 
@@ -119,7 +131,7 @@ def list_cmd(as_json: JsonOption = False) -> None:
 @app.command()
 def info(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
-    img_size: Annotated[Optional[int], typer.Option(help="Count MACs at this input size.")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Count MACs at this input size.")] = None,
     as_json: JsonOption = False,
     width: WidthOption = None,
     resolution: ResolutionOption = None,
@@ -172,17 +184,17 @@ def onnx_cmd(
     opset: Annotated[int, typer.Option(help="ONNX opset; the file has exactly this opset or the command fails.")] = 17,
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
-    img_size: Annotated[Optional[int], typer.Option(help="Export resolution (default: the recipe's).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pth/.pt/.safetensors).")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Export resolution (default: the recipe's).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint (.pth/.pt/.safetensors).")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")] = False,
     ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of photos for the parity check.")] = None,
-    max_rel: Annotated[Optional[float], typer.Option(help="FP32 parity tolerance (of the logit range).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity check.")] = None,
+    max_rel: Annotated[float | None, typer.Option(help="FP32 parity tolerance (of the logit range).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
     out: OutOption = Path("effexport-out"),
     int8: Annotated[bool, typer.Option("--int8", help="Also build the INT8 forms ('effexport calibrate').")] = False,
-    calib: Annotated[Optional[Path], typer.Option(
+    calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images (a folder, or a .npy/.npz of preprocessed inputs): BatchNorm "
                         "re-estimation of slimmable recipes, INT8 calibration with --int8.")] = None,
     width: WidthOption = None,
@@ -229,12 +241,12 @@ def _print_export(result) -> None:
 # effexport backends / openvino / trt / verify / bench: the backend artifacts of one recipe, built from the
 # shared verified (dynamic-batch) ONNX in <out>/<recipe>/ and checked against PyTorch.
 
-WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint (.pth/.pt/.safetensors).")]
+WeightsOption = Annotated[Path | None, typer.Option("--weights", help="Checkpoint (.pth/.pt/.safetensors).")]
 PretrainedOption = Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")]
 EmaOption = Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")]
-ImgSizeOption = Annotated[Optional[int], typer.Option("--img-size", help="Input resolution (default: the recipe's).")]
+ImgSizeOption = Annotated[int | None, typer.Option("--img-size", help="Input resolution (default: the recipe's).")]
 OpsetOption = Annotated[int, typer.Option("--opset", help="Opset of the shared ONNX export.")]
-ImagesOption = Annotated[Optional[Path], typer.Option("--images", help="Folder of photos for the parity check.")]
+ImagesOption = Annotated[Path | None, typer.Option("--images", help="Folder of photos for the parity check.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Build again even if nothing changed.")]
 
 
@@ -247,7 +259,7 @@ def _source(weights, pretrained, ema, img_size, opset, width=None, resolution=No
                       params=_recipe_params(width, resolution, budget_mflops, query_table, calib))
 
 
-def _tolerance(precision: str, max_rel: Optional[float], items: list[str]):
+def _tolerance(precision: str, max_rel: float | None, items: list[str]):
     """The policy for `precision` with `--tolerance` overrides; `--max-rel` sets its relative-error bound."""
     from dataclasses import replace
 
@@ -295,7 +307,7 @@ def openvino_cmd(
     calib_size: CalibSizeOption = None,
     device: Annotated[str, typer.Option(help="OpenVINO device for the parity check.")] = "CPU",
     images: ImagesOption = None,
-    max_rel: Annotated[Optional[float], typer.Option(help="FP32 tolerance (of the logit range).")] = None,
+    max_rel: Annotated[float | None, typer.Option(help="FP32 tolerance (of the logit range).")] = None,
     tolerance: ToleranceOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
@@ -339,12 +351,12 @@ def trt_cmd(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine from the FP16 ONNX graph (FP32 inputs/outputs).")]
     = False,
-    batch: Annotated[Optional[int], typer.Option(help="Static batch size (a one-point profile).")] = None,
-    min_batch: Annotated[Optional[int], typer.Option(help="Dynamic batch profile: smallest batch.")] = None,
-    opt_batch: Annotated[Optional[int], typer.Option(help="Dynamic batch profile: batch to optimize for.")] = None,
-    max_batch: Annotated[Optional[int], typer.Option(help="Dynamic batch profile: largest batch.")] = None,
-    workspace: Annotated[Optional[float], typer.Option(help="Builder workspace limit in GB.")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache file (default: "
+    batch: Annotated[int | None, typer.Option(help="Static batch size (a one-point profile).")] = None,
+    min_batch: Annotated[int | None, typer.Option(help="Dynamic batch profile: smallest batch.")] = None,
+    opt_batch: Annotated[int | None, typer.Option(help="Dynamic batch profile: batch to optimize for.")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Dynamic batch profile: largest batch.")] = None,
+    workspace: Annotated[float | None, typer.Option(help="Builder workspace limit in GB.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file (default: "
                                                               "<out>/<recipe>/tensorrt-timing.cache).")] = None,
     hardware_compat: Annotated[str, typer.Option(help="same (this GPU) or ampere+ (any Ampere or newer GPU).")]
     = "same",
@@ -444,7 +456,7 @@ def _describe_tolerance(tol) -> str:
     return (tol if isinstance(tol, Tolerance) else Tolerance(**tol)).describe()
 
 
-def _parse_tolerances(max_rel: Optional[float], items: list[str]) -> dict:
+def _parse_tolerances(max_rel: float | None, items: list[str]) -> dict:
     """`--max-rel X` (fp32) and `--tolerance PRECISION:KEY=VALUE` (repeatable) -> {precision: Tolerance}."""
     from dataclasses import replace
 
@@ -475,12 +487,12 @@ def _available_backends() -> str:
 @app.command("verify")
 def verify_cmd(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
-    backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: every available one).")]
+    backends: Annotated[str | None, typer.Option(help="Comma-separated backends (default: every available one).")]
     = None,
     precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, bf16, int8 (each backend "
                                                 "runs its own INT8 form of one calibration).")] = "fp32",
     images: ImagesOption = None,
-    max_rel: Annotated[Optional[float], typer.Option(help="FP32 tolerance (of the logit range).")] = None,
+    max_rel: Annotated[float | None, typer.Option(help="FP32 tolerance (of the logit range).")] = None,
     tolerance: ToleranceOption = None,
     calib: CalibOption = None,
     method: MethodOption = "minmax",
@@ -571,7 +583,7 @@ def bench_cmd(
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
     precision: Annotated[str, typer.Option(help="Comma-separated precisions for the backends, e.g. fp32,int8.")]
     = "fp32",
-    threads: Annotated[Optional[int], typer.Option(help="Threads for every backend (default: all CPUs).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for every backend (default: all CPUs).")] = None,
     iters: Annotated[int, typer.Option(help="Timed runs per backend and batch size (after warm-up).")] = 50,
     max_warmup: Annotated[int, typer.Option(help="Most warm-up runs (warm-up ends earlier once stable).")] = 100,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png (matplotlib).")] = True,
@@ -658,16 +670,16 @@ def calibrate(
     method: MethodOption = "minmax",
     calib_size: CalibSizeOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the --calib-size sample.")] = 0,
-    openvino: Annotated[Optional[bool], typer.Option("--openvino/--no-openvino", help="Build the NNCF OpenVINO "
+    openvino: Annotated[bool | None, typer.Option("--openvino/--no-openvino", help="Build the NNCF OpenVINO "
                                                      "model (default: when openvino and nncf are installed).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pth/.pt/.safetensors).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint (.pth/.pt/.safetensors).")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")] = False,
     ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
-    img_size: Annotated[Optional[int], typer.Option(help="Export resolution (default: the recipe's).")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Export resolution (default: the recipe's).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of photos for the parity checks.")] = None,
-    min_cosine: Annotated[Optional[float], typer.Option(help="INT8 tolerance: smallest cosine (default 0.99).")] = None,
-    min_top1: Annotated[Optional[float], typer.Option(help="INT8 tolerance: top-1 agreement (default 0.95).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity checks.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="INT8 tolerance: smallest cosine (default 0.99).")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="INT8 tolerance: top-1 agreement (default 0.95).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
     = False,
     width: WidthOption = None,

@@ -40,6 +40,13 @@ def test_help_does_not_import_torch():
     assert "onnx" in result.stdout and "Exit codes" in result.stdout
 
 
+def test_output_not_to_a_terminal_is_120_columns_unless_columns_says(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert cli._console(stderr=False).width == 120  # pytest's captured stdout is not a terminal
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli._console(stderr=True).width == 100
+
+
 def test_unknown_recipe_exits_2_with_closest_names(capsys):
     code, _, err = run(["info", "rexnet_10"], capsys)
     assert code == 2

@@ -118,7 +118,7 @@ def map_by_order(src: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str,
         raise CheckpointError(f"checkpoint has {len(source)} tensors, the model {len(target)}: "
                               f"not the same architecture (check the variant)")
     out = {}
-    for (sk, sv), (tk, tv) in zip(source, target.items()):
+    for (sk, sv), (tk, tv) in zip(source, target.items(), strict=True):
         if sk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
             raise CheckpointError(f"checkpoint entry {sk} does not line up with model entry {tk}")
         if sv.shape != tv.shape:

@@ -75,7 +75,8 @@ for _n, _size in LITE_SIZES.items():
                   rewrites=GENERIC_REWRITES, paper=LITE_PAPER, layouts=(_layout(),),
                   int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8, STAGE1_INT8),
                   notes=f"the official TF-trained model (timm tf_efficientnet_lite{_n}); timm's own "
-                        f"efficientnet_lite{_n} is a symmetric-padding re-implementation and is 'timm:efficientnet_lite{_n}'")
+                        f"efficientnet_lite{_n} is a symmetric-padding re-implementation "
+                        f"and is 'timm:efficientnet_lite{_n}'")
 
 
 def build_b0_small(pretrained: bool) -> nn.Module:

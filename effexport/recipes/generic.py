@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import cache, partial
 
 from effexport.errors import UsageError
 from effexport.exporter.rewrite import GENERIC_REWRITES
@@ -10,7 +10,7 @@ from effexport.recipes import GENERIC_PREFIX, Recipe
 from effexport.recipes._timm import _has_pretrained, build_timm, timm_preprocess
 
 
-@lru_cache(maxsize=None)
+@cache
 def generic_timm_recipe(timm_name: str) -> Recipe:
     import difflib
 

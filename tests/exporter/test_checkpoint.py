@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import re
 
 import pytest
 import torch
@@ -136,7 +135,7 @@ def test_efficientnet_pytorch_layout_real_lite0_checkpoint_classifies_a_cat():
     assert info["layout"] == "efficientnet_pytorch"
     images = builtin_images()
     x = torch.from_numpy(preprocess_images(images.images, recipe.preprocess))
-    top1 = dict(zip(images.names, model(x).argmax(-1).tolist()))
+    top1 = dict(zip(images.names, model(x).argmax(-1).tolist(), strict=True))
     assert top1["chelsea.jpg"] in {281, 282, 283, 285}  # tabby, tiger cat, Persian, Egyptian cat
     assert top1["coffee.jpg"] == 967  # espresso
 
@@ -185,7 +184,8 @@ def test_tresnet_original_layout_converts_inplace_abn_weights(tmp_path):
 def _to_rexnet_upstream(model: nn.Module) -> dict:
     """timm ReXNet state dict renamed to the original repository's `features.N` / `output.1` keys."""
     names = []
-    names += [f"features.0.{p}" for p in ("weight",)] + [f"features.1.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+    bn = ("weight", "bias", "running_mean", "running_var")
+    names += ["features.0.weight"] + [f"features.1.{p}" for p in bn]
     for i, block in enumerate(model.features[:-1]):
         j, base = 0, f"features.{3 + i}.out"
         parts = []
@@ -209,11 +209,11 @@ def _to_rexnet_upstream(model: nn.Module) -> dict:
                 names += [f"{base}.{idx}.fc.1.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
                 names += [f"{base}.{idx}.fc.3.weight", f"{base}.{idx}.fc.3.bias"]
     last = 3 + len(model.features) - 1
-    names += [f"features.{last}.weight"] + [f"features.{last + 1}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+    names += [f"features.{last}.weight"] + [f"features.{last + 1}.{p}" for p in bn]
     names += ["output.1.weight", "output.1.bias"]
     values = [v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     assert len(values) == len(names)
-    out = dict(zip(names, values))
+    out = dict(zip(names, values, strict=True))
     out["output.1.weight"] = out["output.1.weight"][:, :, None, None]  # a 1x1 conv classifier upstream
     return out
 
