@@ -23,8 +23,9 @@ Checkpoints: the library layouts, and the paper's code (`*_ours.py`: `StemBlock`
 conv/norm/activate, `depthwise_conv` with dwconv), which registers the same layers in the same order. Its GhostNet
 keeps a `bn1` that its forward never runs; those entries are dropped.
 Known difference: the paper's `mobilenet_v3_ours.py` picks a 5x5 pool for kernel-5 convolutions and then overwrites
-it with a 3x3 one (`self.max` is assigned twice); the output sizes agree, so checkpoints trained with that file saw
-3x3 pools there. These recipes follow the paper's definition (same kernel as the convolution).
+it with a 3x3 unpadded one (`self.max` is assigned twice); the output sizes agree, so checkpoints trained with that
+file saw 3x3 pools there. These recipes follow the paper's definition (same kernel as the convolution), and a
+checkpoint in that file's layout gets the 3x3 pools it was trained with, so the export computes what was trained.
 """
 
 from __future__ import annotations
@@ -222,6 +223,15 @@ PAPERS = {"mobilenetv3": "MobileNetV3, ICCV 2019 (arXiv 1905.02244)", "ghostnet"
 # ---------------------------------------------------------------------------------------------- checkpoint layouts
 
 
+def _convert_mobilenetv3(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    # mobilenet_v3_ours.py overwrites its kernel-5 blocks' 5x5 pool (padding 1) with a 3x3 unpadded one: same
+    # output size, other values. Its checkpoints were trained with that pool, so the model gets it too.
+    for module in model.modules():
+        if isinstance(module, PaddingFreeDown) and module.pool.kernel_size == 5:
+            module.pool = nn.MaxPool2d(3, module.pool.stride, 0)
+    return map_by_order(sd, model)
+
+
 def _convert_ghostnet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     # The paper's GhostNet registers bn1 after its StemBlock but never runs it.
     return map_by_order({k: v for k, v in sd.items() if not k.startswith("bn1.")}, model)
@@ -229,9 +239,9 @@ def _convert_ghostnet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str
 
 UPSTREAM = {
     "mobilenetv3": CheckpointLayout(
-        name="padding-free paper code (mobilenet_v3_ours.py)",
+        name="padding-free paper code (mobilenet_v3_ours.py; its 3x3 pools in the kernel-5 blocks kept)",
         detect=lambda sd: any(k.startswith("features.0.stem_1.") for k in sd),
-        convert=map_by_order),
+        convert=_convert_mobilenetv3),
     "ghostnet": CheckpointLayout(
         name="padding-free paper code (ghostnet_ours.py)",
         detect=lambda sd: any(k.startswith("conv_stem.stem_1.") for k in sd) and "conv_head.weight" in sd,

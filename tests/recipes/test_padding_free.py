@@ -10,7 +10,7 @@ from effexport.exporter.checkpoint import randomize_batchnorm
 from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, build_model, export_recipe
 from effexport.exporter.profile import count_macs, count_params
 from effexport.recipes import get_recipe
-from effexport.recipes.padding_free import VARIANTS, HybridStem
+from effexport.recipes.padding_free import VARIANTS, HybridStem, PaddingFreeDown
 
 # recipe: stride-2 depthwise convolutions that become padding-free (each adds one MaxPool; the stem adds one more)
 STRIDED = {"mobilenetv3_large_pfd": 4, "mobilenetv3_large_pfd_cifar": 3, "ghostnet_pfd": 4, "ghostnet_pfd_cifar": 3,
@@ -103,6 +103,12 @@ def _to_paper_mobilenetv3_keys(sd: dict) -> dict:
     return out
 
 
+def _same_function(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # Randomly initialised classifiers give logits of about 1e-2, below assert_close's default atol: compare
+    # against the logits' own scale.
+    return bool((a - b).abs().max() <= 1e-6 * a.abs().max())
+
+
 @pytest.mark.parametrize("name, to_paper", [("ghostnet_pfd_cifar", _to_paper_ghostnet_keys),
                                             ("mobilenetv3_large_pfd_cifar", _to_paper_mobilenetv3_keys)])
 def test_checkpoint_in_the_paper_code_layout_loads(name, to_paper, tmp_path):
@@ -114,9 +120,36 @@ def test_checkpoint_in_the_paper_code_layout_loads(name, to_paper, tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in paper_sd.items()}}, ckpt)
     loaded, info = build_model(recipe, WeightsSpec(path=ckpt))
     assert info["layout"].startswith("padding-free paper code")
+    if name.startswith("mobilenetv3"):  # the paper code's 3x3 pools (next test)
+        _use_3x3_pools(source)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), source(x))
+        assert _same_function(loaded(x), source(x))
+
+
+def _use_3x3_pools(model: torch.nn.Module) -> None:
+    for module in model.modules():  # set by hand: the pool mobilenet_v3_ours.py trains its kernel-5 blocks with
+        if isinstance(module, PaddingFreeDown) and module.pool.kernel_size == 5:
+            module.pool = torch.nn.MaxPool2d(3, 2, 0)
+
+
+def test_paper_code_mobilenetv3_checkpoint_keeps_its_3x3_pools(tmp_path):
+    """mobilenet_v3_ours.py trains its kernel-5 stride-2 blocks with a 3x3 unpadded pool (it overwrites the 5x5
+    one); a checkpoint from it must run with that pool, not the recipe's 5x5 one."""
+    recipe = get_recipe("mobilenetv3_large_pfd_cifar")
+    source, _ = build_model(recipe, WeightsSpec())
+    ckpt = tmp_path / "paper.pth"
+    torch.save(_to_paper_mobilenetv3_keys(source.state_dict()), ckpt)
+    loaded, _ = build_model(recipe, WeightsSpec(path=ckpt))
+    kernels = [m.pool.kernel_size for m in loaded.modules() if isinstance(m, PaddingFreeDown)]
+    assert kernels == [3, 3, 3]  # CIFAR form: the 40-channel (kernel 5), 80 (kernel 3) and 160 (kernel 5) blocks
+    assert [m.pool.kernel_size for m in source.modules() if isinstance(m, PaddingFreeDown)] == [5, 3, 5]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        with_5x5 = source(x)
+        _use_3x3_pools(source)
+        assert _same_function(loaded(x), source(x))
+        assert not _same_function(loaded(x), with_5x5)  # the pool changes the function: the check can fail
 
 
 def test_mobilenetv3_pfd_imagenet_matches_the_timm_baseline_in_params():
