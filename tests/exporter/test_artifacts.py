@@ -1,0 +1,30 @@
+"""Atomic writes: the file appears whole with the user's usual permissions, or not at all."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from effexport.exporter.artifacts import write_bytes, write_json
+
+
+def test_written_files_get_the_users_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        write_bytes(tmp_path / "bench.png", b"\x89PNG")
+        write_json(tmp_path / "report.json", {"path": tmp_path})
+    finally:
+        os.umask(mask)
+    for name in ("bench.png", "report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644  # mkstemp alone would leave 0600
+    assert json.loads((tmp_path / "report.json").read_text()) == {"path": str(tmp_path)}
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "report.json"
+    write_json(target, {"run": 1})
+    with pytest.raises(TypeError):
+        write_json(target, {"run": object()})
+    assert json.loads(target.read_text()) == {"run": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
