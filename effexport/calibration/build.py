@@ -15,8 +15,6 @@ call `build_int8`, which enforces INT8 parity on every form.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import platform
 import tempfile
@@ -36,8 +34,14 @@ from effexport.calibration.data import CalibrationData, load_calibration
 from effexport.calibration.heldout import heldout_available, int8_parity_inputs
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
 from effexport.errors import ExportError, ParityError, UsageError
-from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, write_json
-from effexport.exporter.checkpoint import sha256_of
+from effexport.exporter.artifacts import (
+    DEFAULT_OUT,
+    Staging,
+    key_digest,
+    reusable_record,
+    sha256_of,
+    write_json,
+)
 from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
 from effexport.recipes import Preprocess, Recipe, configure, get_recipe
 
@@ -118,7 +122,7 @@ def cache_key(model_sha256: str, data: CalibrationData, options: Int8Options) ->
     key = {"model": model_sha256, "data": data.digest(), "preprocessing": data.preprocessing,
            "method": options.method, "percentile": options.percentile if options.method == "percentile" else None,
            "onnxruntime": tool_versions()["onnxruntime"]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key_digest(key)
 
 
 def int8_parity(reference: np.ndarray, candidate_path: Path, inputs: np.ndarray,
@@ -300,7 +304,7 @@ def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, c
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
            "tolerance": [options.min_cosine, options.min_top1], "parity_images": images_key(images),
            "heldout": heldout_available(), "random_weights": random_weights, "versions": tool_versions()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key_digest(key)
 
 
 def _files(dest: Path, manifest: dict) -> dict[str, Path]:
@@ -308,14 +312,8 @@ def _files(dest: Path, manifest: dict) -> dict[str, Path]:
 
 
 def _reusable(dest: Path, fingerprint: str) -> dict | None:
-    manifest = read_json(dest / MANIFEST_FILE)
-    if not manifest or manifest.get("fingerprint") != fingerprint or manifest.get("status") != "passed":
-        return None
-    for form in manifest.get("forms", {}).values():
-        path = dest / form["file"]
-        if not path.is_file() or sha256_of(path) != form["sha256"]:
-            return None
-    return manifest
+    return reusable_record(dest / MANIFEST_FILE, fingerprint,
+                           lambda manifest: {f["file"]: f["sha256"] for f in manifest.get("forms", {}).values()})
 
 
 def _remove_stale(dest: Path, openvino_built: bool) -> None:

@@ -6,11 +6,12 @@ os.replace (atomic on one filesystem) only once every check has passed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,36 @@ def read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def key_digest(key: Any) -> str:
+    """A short stable digest of a JSON-able key (fingerprints and cache keys)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reusable_record(record: Path, fingerprint: str,
+                    files: Callable[[dict], Mapping[str, str | None]]) -> dict | None:
+    """The JSON record (report or manifest) of an earlier passing run with this fingerprint, if every file it
+    names is intact (`files(record)`: file name beside the record -> its recorded sha256)."""
+    data = read_json(record)
+    if not data or data.get("fingerprint") != fingerprint or data.get("status") != "passed":
+        return None
+    named = files(data)
+    if not named:
+        return None
+    for name, digest in named.items():
+        path = Path(record).parent / name
+        if not path.is_file() or sha256_of(path) != digest:
+            return None
+    return data
 
 
 class Staging:

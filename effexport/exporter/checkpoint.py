@@ -6,7 +6,6 @@ object that is not a tensor or a plain container; `.safetensors` files hold tens
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import zipfile
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from effexport.errors import CheckpointError
+from effexport.exporter.artifacts import sha256_of
 
 if TYPE_CHECKING:
     from effexport.recipes import Recipe
@@ -36,14 +36,6 @@ class LoadedWeights:
     sha256: str
     layout: str
     tensors: int
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: Path) -> object:

@@ -15,7 +15,6 @@ compared with PyTorch on photographs the calibration did not see (`reference-int
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -28,9 +27,16 @@ from effexport.calibration.build import RANDOM_NOTE, Int8Options, Int8Result, en
 from effexport.calibration.heldout import int8_parity_inputs
 from effexport.errors import MissingDependencyError, ParityError, UsageError
 from effexport.exporter import onnx as onnx_stage
-from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, recipe_dir, write_json
+from effexport.exporter.artifacts import (
+    DEFAULT_OUT,
+    Staging,
+    key_digest,
+    recipe_dir,
+    reusable_record,
+    sha256_of,
+    write_json,
+)
 from effexport.exporter.backends import Availability, Backend, get_backend
-from effexport.exporter.checkpoint import sha256_of
 from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
 from effexport.exporter.pipeline import OnnxOptions, OnnxResult, Progress, WeightsSpec, export_recipe
 from effexport.exporter.reference import Reference, cached_reference, images_key, reference_for
@@ -269,19 +275,11 @@ def _fingerprint(source: _Source, backend: str, found: Availability, precision: 
     key = {"source": source.sha256, "backend": backend, "version": found.version, "device": found.device,
            "precision": precision, "options": _options_dict(options), "tolerance": asdict(tolerance),
            "images": images_key(images), "inputs": inputs, "effexport": __version__}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key_digest(key)
 
 
 def _reusable(folder: Path, fingerprint: str) -> dict | None:
-    report = read_json(folder / REPORT_FILE)
-    if not report or report.get("fingerprint") != fingerprint or report.get("status") != "passed":
-        return None
-    files = report.get("artifact", {}).get("files", {})
-    for name, digest in files.items():
-        path = folder / name
-        if not path.is_file() or sha256_of(path) != digest:
-            return None
-    return report if files else None
+    return reusable_record(folder / REPORT_FILE, fingerprint, lambda report: report.get("artifact", {}).get("files"))
 
 
 def _report(ctx: Context, backend: str, precision: str, found: Availability, source: _Source, build_info: dict,

@@ -6,8 +6,6 @@ writes the report. The CLI calls `export_recipe` and nothing else for `effexport
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import platform
 import time
@@ -25,8 +23,16 @@ from torch import nn
 from effexport import __version__
 from effexport.errors import ExportError, ParityError, UsageError
 from effexport.exporter import onnx as onnx_stage
-from effexport.exporter.artifacts import DEFAULT_OUT, Staging, read_json, recipe_dir, write_json
-from effexport.exporter.checkpoint import load_weights, randomize_batchnorm, sha256_of
+from effexport.exporter.artifacts import (
+    DEFAULT_OUT,
+    Staging,
+    key_digest,
+    recipe_dir,
+    reusable_record,
+    sha256_of,
+    write_json,
+)
+from effexport.exporter.checkpoint import load_weights, randomize_batchnorm
 from effexport.exporter.inputs import parity_inputs
 from effexport.exporter.parity import ParityReport, compare, tolerance_for
 from effexport.exporter.profile import count_macs, count_params
@@ -178,18 +184,13 @@ def _fingerprint(recipe: Recipe, weights: WeightsSpec, options: OnnxOptions) -> 
         opts.pop("calib")
     key = {"recipe": recipe.name, "weights": weights.identity(recipe), "options": opts,
            "versions": tool_versions()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key_digest(key)
 
 
 def find_reusable(dest: Path, fingerprint: str) -> dict | None:
     """A previous passing export with the same fingerprint whose model file is intact."""
-    report = read_json(dest / REPORT_FILE)
-    if not report or report.get("fingerprint") != fingerprint or report.get("status") != "passed":
-        return None
-    model = dest / MODEL_FILE
-    if not model.is_file() or sha256_of(model) != report.get("artifact", {}).get("sha256"):
-        return None
-    return report
+    return reusable_record(dest / REPORT_FILE, fingerprint,
+                           lambda report: {MODEL_FILE: report.get("artifact", {}).get("sha256")})
 
 
 def export_recipe(name: str, weights: WeightsSpec = WeightsSpec(), options: OnnxOptions = OnnxOptions(),

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from effexport.exporter.artifacts import write_bytes, write_json
+from effexport.exporter.artifacts import key_digest, reusable_record, sha256_of, write_bytes, write_json
 
 
 def test_written_files_get_the_users_usual_permissions(tmp_path):
@@ -28,3 +28,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_json(target, {"run": object()})
     assert json.loads(target.read_text()) == {"run": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_record_is_reused_only_while_it_passed_and_its_files_are_intact(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"model")
+    record = tmp_path / "report.json"
+    write_json(record, {"fingerprint": "abc", "status": "passed",
+                        "artifact": {"files": {"model.onnx": sha256_of(tmp_path / "model.onnx")}}})
+    files = lambda report: report["artifact"]["files"]  # noqa: E731
+    assert reusable_record(record, "abc", files)["status"] == "passed"
+    assert reusable_record(record, "other", files) is None
+    (tmp_path / "model.onnx").write_bytes(b"changed")
+    assert reusable_record(record, "abc", files) is None
+    assert key_digest({"b": 1, "a": tmp_path}) == key_digest({"a": str(tmp_path), "b": 1})
