@@ -60,8 +60,22 @@ def test_fp16_uses_the_fp16_graph_and_no_builder_flag(version, onnx_file):
     options = TrtOptions()
     assert source_precision("fp16", options) == "fp16" and source_precision("fp32", options) == "fp32"
     result = build_engine(trt, onnx_file, "fp16", options)
-    assert not _calls(trt, "set_flag") and not _calls(trt, "clear_flag")  # TF32 is not ours to forbid in fp16
+    assert not _calls(trt, "set_flag")
     assert result.report["fp16_from"] == "FP16 ONNX graph"
+
+
+TF32_CASES = [(v, p, TrtOptions()) for v in VERSIONS for p in ("fp32", "fp16", "int8")]
+TF32_CASES.append(("10.9.0", "fp16", TrtOptions(fp16_builder_flag=True)))  # 10.x's weakly typed FP16
+
+
+@pytest.mark.parametrize("version, precision, options", TF32_CASES)
+def test_every_precision_builds_with_tf32_off(version, precision, options, onnx_file, qdq_file):
+    """The FP32 layers of FP16 and INT8 engines are the graph's deliberate FP32 layers: no TF32 there either."""
+    trt = make_fake_tensorrt(version)
+    result = build_engine(trt, qdq_file if precision == "int8" else onnx_file, precision, options)
+    (seen,) = [c[1] for c in _calls(trt, "build_serialized_network")]
+    assert "TF32" not in seen and "TF32 off" in result.report["settings"]
+    assert ("clear_flag", "TF32") in trt.calls
 
 
 def test_tensorrt_11_without_a_strongly_typed_member_builds_with_no_flags(onnx_file):
@@ -244,7 +258,7 @@ def test_int8_is_explicit_quantization_strongly_typed_without_precision_flags(ve
     result = build_engine(trt, qdq_file, "int8", TrtOptions())
     (flags,) = [c[1] for c in _calls(trt, "create_network")]
     assert flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    assert not _calls(trt, "set_flag") and not _calls(trt, "clear_flag")  # no INT8/FP16 flag, TF32 untouched
+    assert not _calls(trt, "set_flag")  # no INT8/FP16 flag
     assert result.report["strongly_typed"] and "Q/DQ" in result.report["int8_from"]
     assert _calls(trt, "parse_from_file") == [("parse_from_file", str(qdq_file))]
 

@@ -192,7 +192,7 @@ def make_fake_tensorrt(version: str = "10.9.0", *, strongly_typed_member: bool =
             return Profile()
 
         def build_serialized_network(self, network: Network, config: BuilderConfig):
-            record(("build_serialized_network",))
+            record(("build_serialized_network", tuple(sorted(f.name for f in config.flags))))  # what the build saw
             strongly = "STRONGLY_TYPED" in creation and network.flags & (1 << creation["STRONGLY_TYPED"])
             precision_flags = {f.name for f in config.flags} & {"FP16", "INT8", "BF16"}
             if strongly and precision_flags:  # documented: precision flags are errors in strongly typed mode
