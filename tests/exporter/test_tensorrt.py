@@ -3,6 +3,7 @@ API surfaces. The fake never computes: these tests check flags, profiles, cache 
 engines and their parity are tested under the `gpu` marker (tests/exporter/test_tensorrt_gpu.py)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -123,6 +124,24 @@ def test_batch_options_are_validated():
         TrtOptions.from_batches(min_batch=8, opt_batch=4, max_batch=16)
     with pytest.raises(UsageError, match="hardware-compat"):
         TrtOptions(hardware_compat="turing+")
+
+
+@pytest.mark.parametrize("options, tag", [
+    (TrtOptions(), "b1"),
+    (TrtOptions.from_batches(batch=8), "b8"),
+    (TrtOptions.from_batches(min_batch=1, opt_batch=8, max_batch=32), "b1-8-32"),
+    (TrtOptions.from_batches(max_batch=32), "b1-32-32"),
+    (TrtOptions(4, 4, 16), "b4-4-16"),
+])
+def test_profile_tag_names_the_batch_profile(options, tag):
+    assert trt_backend.profile_tag(options) == tag
+    assert trt_backend.profile_tag(replace(options, workspace_gb=2, hardware_compat="ampere+")) == tag
+
+
+@pytest.mark.parametrize("batch, covered", [(1, False), (2, True), (4, True), (8, True), (9, False)])
+def test_covers_is_the_profile_range(batch, covered):
+    assert trt_backend.covers(TrtOptions(2, 4, 8), batch) is covered
+    assert trt_backend.covers(TrtOptions.from_batches(batch=8), batch) is (batch == 8)
 
 
 def test_a_fixed_batch_model_cannot_build_other_batches(static_onnx_file):

@@ -90,6 +90,18 @@ class TrtOptions:
         return d
 
 
+def profile_tag(options: TrtOptions) -> str:
+    """The batch profile as a folder suffix: "b8" for a static batch of 8, "b1-8-32" for min 1, opt 8, max 32."""
+    if options.min_batch == options.opt_batch == options.max_batch:
+        return f"b{options.max_batch}"
+    return f"b{options.min_batch}-{options.opt_batch}-{options.max_batch}"
+
+
+def covers(options: TrtOptions, batch: int) -> bool:
+    """Whether an engine built with `options` takes `batch` samples in one execution (no chunking or padding)."""
+    return options.min_batch <= batch <= options.max_batch
+
+
 def default_options(options: TrtOptions | None, recipe_folder: Path) -> TrtOptions:
     """Fill in the recipe's timing cache so that every rebuild starts from the last build's timings."""
     options = options or TrtOptions()
