@@ -3,13 +3,14 @@ API surfaces. The fake never computes: these tests check flags, profiles, cache 
 engines and their parity are tested under the `gpu` marker (tests/exporter/test_tensorrt_gpu.py)."""
 
 import json
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from effexport.errors import ExportError, UsageError
+from effexport.errors import ExportError, MissingDependencyError, UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.backends import tensorrt as trt_backend
 from effexport.exporter.backends.tensorrt import TrtOptions, build_engine, source_precision
@@ -251,6 +252,33 @@ def test_probe_names_what_is_missing_here():
     env = trt_backend.cuda_environment()
     if not env["gpus"]:
         assert not found.available and "no CUDA GPU is visible" in found.reason
+
+
+GPU = {"index": 0, "name": "Fake GPU", "compute_capability": "8.6"}
+
+
+def _environment(torch_cuda):
+    return {"cuda_runtime": "12.8", "driver_cuda_version": "12.8", "driver": None, "torch_cuda": torch_cuda,
+            "gpus": [GPU], "error": None}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_probe_refuses_a_cpu_only_torch_before_any_build(version, onnx_file, tmp_path, monkeypatch):
+    """TensorRT and a GPU are there, but torch cannot allocate the runner's CUDA buffers."""
+    trt = make_fake_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_backend, "cuda_environment", lambda: _environment(None))
+    found = trt_backend.probe()
+    assert not found.available and found.version == version
+    assert found.reason == ("torch is a CPU-only build; the TensorRT runner needs CUDA tensors: install a CUDA build "
+                            "of torch")
+    with pytest.raises(MissingDependencyError, match="unavailable: torch is a CPU-only build"):
+        trt_backend.build(onnx_file, tmp_path, "fp32", TrtOptions())
+    assert trt.calls == [] and not any(tmp_path.iterdir())
+
+    monkeypatch.setattr(trt_backend, "cuda_environment", lambda: _environment("12.8"))
+    found = trt_backend.probe()
+    assert found.available and found.reason is None and found.device == "Fake GPU (compute capability 8.6)"
 
 
 # ---------------------------------------------------------------------------------------------- INT8

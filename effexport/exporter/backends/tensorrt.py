@@ -131,6 +131,11 @@ def probe() -> Availability:
     env = cuda_environment()
     if not env["gpus"]:
         problems.append(f"no CUDA GPU is visible ({env['error'] or 'no device'})")
+    # The runner's device buffers are torch CUDA tensors: with a CPU-only torch a build would succeed and its parity
+    # run would then fail, so say it here, before any work.
+    if not env["torch_cuda"]:
+        problems.append("torch is a CPU-only build; the TensorRT runner needs CUDA tensors: install a CUDA build of "
+                        "torch")
     gpu = env["gpus"][0] if env["gpus"] else None
     device = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else None
     return Availability("tensorrt", not problems, version=version, device=device,
@@ -141,7 +146,7 @@ def require_tensorrt() -> ModuleType:
     """The tensorrt module and a GPU, or one line naming what is missing."""
     found = probe()
     if not found.available:
-        raise MissingDependencyError(f"TensorRT needs {found.reason}")
+        raise MissingDependencyError(f"the TensorRT backend is unavailable: {found.reason}")
     import tensorrt as trt
 
     return trt
