@@ -154,33 +154,86 @@ def test_a_fixed_batch_model_cannot_build_other_batches(static_onnx_file):
     assert not _calls(trt, "set_shape")
 
 
+def _entries(blob: bytes) -> list[str]:
+    """The build markers in one of the fake's timing caches."""
+    return json.loads(blob)["entries"]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_timing_cache_is_loaded_updated_and_saved(version, onnx_file, tmp_path):
     cache = tmp_path / "sub" / "timing.cache"
     first = make_fake_tensorrt(version)
     report = build_engine(first, onnx_file, "fp32", TrtOptions(timing_cache=cache)).report
     assert _calls(first, "create_timing_cache") == [("create_timing_cache", b"")]
-    assert report["timing_cache"]["loaded_bytes"] == 0
+    assert report["timing_cache"]["loaded_bytes"] == 0 and not report["timing_cache"]["loaded"]
+    assert "reason" not in report["timing_cache"]  # nothing saved yet is no problem
     saved = cache.read_bytes()
-    assert json.loads(saved) == ["build 1"] and report["timing_cache"]["saved_bytes"] == len(saved)
+    assert _entries(saved) == ["build 1"] and report["timing_cache"]["saved_bytes"] == len(saved)
 
     second = make_fake_tensorrt(version)
     report = build_engine(second, onnx_file, "fp32", TrtOptions(timing_cache=cache)).report
     assert _calls(second, "create_timing_cache") == [("create_timing_cache", saved)]
-    assert report["timing_cache"]["loaded_bytes"] == len(saved)
-    assert json.loads(cache.read_bytes()) == ["build 1", "build 2"]
+    assert report["timing_cache"]["loaded"] and report["timing_cache"]["loaded_bytes"] == len(saved)
+    assert _entries(cache.read_bytes()) == ["build 1", "build 2"]
     assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # written atomically
 
 
-def test_a_foreign_timing_cache_is_replaced_by_a_new_one(onnx_file, tmp_path):
+def test_a_timing_cache_of_another_gpu_is_replaced_by_a_new_one(onnx_file, tmp_path, caplog):
     cache = tmp_path / "timing.cache"
-    foreign = json.dumps(["from another GPU"]).encode()
-    cache.write_bytes(foreign)
-    trt = make_fake_tensorrt(cache_matches=False)
+    build_engine(make_fake_tensorrt(), onnx_file, "fp32", TrtOptions(timing_cache=cache))
+    foreign = cache.read_bytes()
+    trt = make_fake_tensorrt(cache_matches=False)  # same version, other device: set_timing_cache says False
     report = build_engine(trt, onnx_file, "fp32", TrtOptions(timing_cache=cache)).report
     assert [c[1] for c in _calls(trt, "create_timing_cache")] == [foreign, b""]
-    assert report["timing_cache"]["rejected_bytes"] > 0 and report["timing_cache"]["loaded_bytes"] == 0
-    assert json.loads(cache.read_bytes()) == ["build 1"]
+    record = report["timing_cache"]
+    assert record["rejected_bytes"] == len(foreign) and record["loaded_bytes"] == 0 and not record["loaded"]
+    assert record["reason"] == "it does not match this TensorRT version or GPU"
+    assert _entries(cache.read_bytes()) == ["build 1"]  # this build's timings only
+    assert "not used: it does not match" in caplog.text
+
+
+@pytest.mark.parametrize("blob", [b"\x00\x01 not a timing cache", b'{"fake_timing_cache": "11.1.0", "entr'])
+def test_an_unreadable_timing_cache_is_built_without_and_overwritten(blob, onnx_file, tmp_path, caplog):
+    """create_timing_cache gives None for bytes TensorRT cannot read: a warning and a fresh cache, no traceback."""
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(blob)
+    trt = make_fake_tensorrt("11.1.0")
+    with caplog.at_level("WARNING", logger=trt_backend.__name__):
+        result = build_engine(trt, onnx_file, "fp32", TrtOptions(timing_cache=cache))
+    assert [c[1] for c in _calls(trt, "create_timing_cache")] == [blob, b""]
+    assert _calls(trt, "set_timing_cache") == [("set_timing_cache", 0, False)]  # only the fresh one
+    record = result.report["timing_cache"]
+    assert not record["loaded"] and record["reason"].startswith("TensorRT cannot read it")
+    assert record["rejected_bytes"] == len(blob) and record["saved_bytes"] == len(cache.read_bytes())
+    assert _entries(cache.read_bytes()) == ["build 1"]
+    assert f"timing cache {cache} not used: TensorRT cannot read it" in caplog.text
+
+
+def test_a_tensorrt_upgrade_replaces_the_persisted_timing_cache(onnx_file, tmp_path):
+    """The default cache outlives the TensorRT that wrote it; the next major must not end in a traceback."""
+    options = trt_backend.default_options(None, tmp_path)
+    build_engine(make_fake_tensorrt("10.9.0"), onnx_file, "fp16", options)
+    upgraded = make_fake_tensorrt("11.1.0")
+    report = build_engine(upgraded, onnx_file, "fp16", options).report
+    assert not report["timing_cache"]["loaded"] and "another TensorRT version" in report["timing_cache"]["reason"]
+    assert json.loads(options.timing_cache.read_bytes())["fake_timing_cache"] == "11.1.0"
+    again = make_fake_tensorrt("11.1.0")
+    assert build_engine(again, onnx_file, "fp16", options).report["timing_cache"]["loaded"]
+
+
+def test_tensorrt_failing_to_create_an_empty_timing_cache_is_one_line(onnx_file, tmp_path, monkeypatch):
+    trt = make_fake_tensorrt()
+    make_config = trt.Builder.create_builder_config
+
+    def failing_config(builder):
+        config = make_config(builder)
+        config.create_timing_cache = lambda blob: None
+        return config
+
+    monkeypatch.setattr(trt.Builder, "create_builder_config", failing_config)
+    with pytest.raises(ExportError, match="could not create an empty timing cache; see the log"):
+        build_engine(trt, onnx_file, "fp32", TrtOptions(timing_cache=tmp_path / "c"))
+    assert not _calls(trt, "build_serialized_network") and not (tmp_path / "c").exists()
 
 
 def test_no_timing_cache_path_keeps_the_cache_in_memory(onnx_file):

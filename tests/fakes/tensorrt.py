@@ -1,7 +1,8 @@
 """A recording FAKE of the TensorRT Python API, with the 10.x or the 11.x surface, for testing our own calls on
 machines without TensorRT or a GPU. It records every call in `module.calls`, reads only the input shape of the
 ONNX file it is given, and never computes anything: its "plan" is a marker string, its timing cache a list of
-build markers. It models the documented differences we depend on:
+build markers tagged with the fake's version (`create_timing_cache` returns None, as TensorRT does, for bytes it
+cannot read: not a fake cache, or one of another version). It models the documented differences we depend on:
 
 - 10.x: NetworkDefinitionCreationFlag has EXPLICIT_BATCH (deprecated) and STRONGLY_TYPED; BuilderFlag has FP16,
   INT8 and BF16 (rejected for strongly typed networks, as TensorRT documents).
@@ -114,14 +115,24 @@ def make_fake_tensorrt(version: str = "10.9.0", *, strongly_typed_member: bool =
             self.entries = entries
 
         def serialize(self) -> bytes:
-            return json.dumps(self.entries).encode()
+            return json.dumps({"fake_timing_cache": version, "entries": self.entries}).encode()
+
+    def read_timing_cache(blob: bytes) -> list[str] | None:
+        try:
+            data = json.loads(blob)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("fake_timing_cache") != version:
+            return None
+        return list(data["entries"])
 
     class Profile:
         def set_shape(self, name, low, opt, high):
             record(("set_shape", name, tuple(low), tuple(opt), tuple(high)))
 
     class BuilderConfig:
-        def __init__(self):
+        def __init__(self, logger):
+            self.logger = logger
             self.flags: set = {trt.BuilderFlag.TF32}  # on by default in TensorRT
             self.cache: TimingCache | None = None
             self._hardware = trt.HardwareCompatibilityLevel.NONE
@@ -163,11 +174,17 @@ def make_fake_tensorrt(version: str = "10.9.0", *, strongly_typed_member: bool =
             record(("add_optimization_profile",))
             return 0
 
-        def create_timing_cache(self, blob: bytes) -> TimingCache:
+        def create_timing_cache(self, blob: bytes) -> TimingCache | None:
             record(("create_timing_cache", bytes(blob)))
-            return TimingCache(json.loads(blob) if blob else [])
+            entries = read_timing_cache(blob) if blob else []
+            if entries is None:
+                self.logger.log(_Severity.ERROR, "could not deserialize the timing cache")
+                return None
+            return TimingCache(entries)
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            if cache is None:  # the binding takes an ITimingCache reference: None is a TypeError there too
+                raise TypeError("set_timing_cache(): incompatible function arguments")
             record(("set_timing_cache", len(cache.entries), ignore_mismatch))
             if cache.entries and not cache_matches:
                 return False
@@ -186,7 +203,7 @@ def make_fake_tensorrt(version: str = "10.9.0", *, strongly_typed_member: bool =
             return Network(flags)
 
         def create_builder_config(self) -> BuilderConfig:
-            return BuilderConfig()
+            return BuilderConfig(self.logger)
 
         def create_optimization_profile(self) -> Profile:
             return Profile()

@@ -228,23 +228,39 @@ def add_batch_profile(trt: ModuleType, builder, network, config, options: TrtOpt
 
 
 def load_timing_cache(config, path: Path | None) -> dict:
-    """Start the build from the saved timing cache, or from an empty one if there is none or it does not fit
-    this TensorRT version and GPU (mixing foreign timings would only mislead tactic selection)."""
+    """Start the build from the saved timing cache, or from an empty one if there is none or TensorRT cannot use it
+    (corrupt, or written by another TensorRT version or GPU: mixing foreign timings would only mislead tactic
+    selection). The build's timings replace an unusable file afterwards (save_timing_cache)."""
     blob = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
-    cache = config.create_timing_cache(blob)
-    if config.set_timing_cache(cache, False):
-        return {"path": str(path) if path else None, "loaded_bytes": len(blob)}
-    log.warning("timing cache %s does not match this TensorRT version or GPU; starting a new one", path)
-    config.set_timing_cache(config.create_timing_cache(b""), False)
-    return {"path": str(path), "loaded_bytes": 0, "rejected_bytes": len(blob)}
+    record: dict[str, Any] = {"path": str(path) if path else None, "loaded": False, "loaded_bytes": 0}
+    if blob:
+        # create_timing_cache gives None for bytes it cannot read (trtexec checks for it too), and set_timing_cache
+        # False for a cache of another version or device when mismatches are not ignored
+        cache = config.create_timing_cache(blob)
+        if cache is None:
+            reason = "TensorRT cannot read it (corrupt, or written by another TensorRT version)"
+        elif not config.set_timing_cache(cache, False):
+            reason = "it does not match this TensorRT version or GPU"
+        else:
+            return {**record, "loaded": True, "loaded_bytes": len(blob)}
+        log.warning("timing cache %s not used: %s; building without it and replacing it with this build's timings",
+                    path, reason)
+        record.update(reason=reason, rejected_bytes=len(blob))
+    empty = config.create_timing_cache(b"")
+    if empty is None:  # no bytes to blame: TensorRT itself failed (its error is in the log)
+        raise ExportError("TensorRT could not create an empty timing cache; see the log (rerun with -v)")
+    config.set_timing_cache(empty, False)
+    return record
 
 
 def save_timing_cache(config, path: Path | None) -> int:
-    if path is None:
+    """Write the cache the build used (now with its timings) over the file; 0 if there is none to write."""
+    cache = config.get_timing_cache() if path is not None else None
+    if cache is None:
         return 0
     from effexport.exporter.artifacts import write_bytes
 
-    data = bytes(config.get_timing_cache().serialize())
+    data = bytes(cache.serialize())
     write_bytes(Path(path), data)
     return len(data)
 
