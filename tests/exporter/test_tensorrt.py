@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from effexport.errors import ExportError, MissingDependencyError, UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.backends import tensorrt as trt_backend
 from effexport.exporter.backends.tensorrt import TrtOptions, build_engine, source_precision
-from tests.fakes.tensorrt import make_fake_tensorrt
+from tests.fakes.tensorrt import fake_plan, make_fake_tensorrt
 
 pytestmark = pytest.mark.tensorrt
 
@@ -334,14 +335,90 @@ def test_probe_refuses_a_cpu_only_torch_before_any_build(version, onnx_file, tmp
     assert found.available and found.reason is None and found.device == "Fake GPU (compute capability 8.6)"
 
 
+# ---------------------------------------------------------------------------------------------- run
+# The runner's own logic on the fake's execution API, with host arrays as device memory (trt.memory). The fake
+# engine fills each output row with its sample's first input value, a tag, not a model output.
+
+
+def _plan(trt, onnx_path, options, folder):
+    plan = folder / "model.plan"
+    plan.write_bytes(build_engine(trt, onnx_path, "fp32", options).plan)
+    trt.calls.clear()
+    return plan
+
+
+def _tagged(n, shape=(3, 32, 32)):
+    x = np.random.default_rng(n).normal(size=(n, *shape)).astype(np.float32)
+    x.reshape(n, -1)[:, 0] = np.arange(1, n + 1)  # sample k carries tag k + 1
+    return x
+
+
+def _runner(trt, plan):
+    return trt_backend.TrtRunner(plan, trt=trt, buffers=trt.memory)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_runner_chunks_beyond_the_profile_and_pads_below_it(version, onnx_file, tmp_path):
+    trt = make_fake_tensorrt(version)
+    plan = _plan(trt, onnx_file, TrtOptions(4, 4, 8), tmp_path)
+    with _runner(trt, plan) as runner:
+        assert (runner.min_batch, runner.max_batch) == (4, 8)
+        assert runner.execution["batch_range"] == [4, 8] and runner.execution["tensorrt"] == version
+        out = runner.run(_tagged(11))  # 8, then 3 padded to 4 with a repeat of the last sample
+        assert [c[2] for c in _calls(trt, "set_input_shape")] == [(8, 3, 32, 32), (4, 3, 32, 32)]
+        assert _calls(trt, "execute_async_v3") == [("execute_async_v3", 7, (8, 3, 32, 32)),
+                                                   ("execute_async_v3", 7, (4, 3, 32, 32))]
+        assert [c[1] for c in _calls(trt, "set_tensor_address")] == ["input", "logits"] * 2
+        np.testing.assert_array_equal(out, np.repeat(np.arange(1, 12, dtype=np.float32)[:, None], 5, axis=1))
+
+        trt.calls.clear()
+        one = runner.run(_tagged(1))
+        assert [c[2] for c in _calls(trt, "set_input_shape")] == [(4, 3, 32, 32)]
+        np.testing.assert_array_equal(one, np.ones((1, 5), np.float32))
+
+        trt.calls.clear()
+        assert runner.run(_tagged(6)).shape == (6, 5)  # inside the profile: one execution
+        assert [c[2] for c in _calls(trt, "set_input_shape")] == [(6, 3, 32, 32)]
+    assert trt.memory.downloads == 4 and runner.context is None
+
+
+def test_runner_of_a_static_engine_runs_one_sample_at_a_time(static_onnx_file, tmp_path):
+    trt = make_fake_tensorrt("11.1.0")
+    with _runner(trt, _plan(trt, static_onnx_file, TrtOptions(), tmp_path)) as runner:
+        assert (runner.min_batch, runner.max_batch) == (1, 1)
+        out = runner.run(_tagged(3, (3, 8, 8)))
+    assert [c[2] for c in _calls(trt, "set_input_shape")] == [(1, 3, 8, 8)] * 3
+    assert out.shape == (3, 2, 8, 8) and [set(o.ravel()) for o in out] == [{1.0}, {2.0}, {3.0}]
+
+
+def test_runner_allocates_the_output_in_the_engine_type_and_returns_float32(tmp_path):
+    """An FP16 output (TensorRT's DataType.HALF) gets a float16 buffer; the fake asserts the buffer's type."""
+    trt = make_fake_tensorrt("11.1.0")
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(fake_plan([{"name": "x", "shape": [-1, 3, 4, 4], "dtype": "FLOAT"}],
+                               [{"name": "y", "shape": [-1, 10], "dtype": "HALF"}],
+                               {"x": [[1, 3, 4, 4], [2, 3, 4, 4], [2, 3, 4, 4]]}))
+    with _runner(trt, plan) as runner:
+        out = runner.run(_tagged(3, (3, 4, 4)))
+    assert out.dtype == np.float32 and out.shape == (3, 10)
+    np.testing.assert_array_equal(out[:, 0], [1, 2, 3])
+    assert {a.dtype for a in trt.memory.arrays.values()} == {np.dtype(np.float32), np.dtype(np.float16)}
+
+
+def test_runner_refuses_a_plan_tensorrt_cannot_load(tmp_path):
+    trt = make_fake_tensorrt()
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not an engine")
+    with pytest.raises(ExportError, match="cannot load .*model.plan"):
+        trt_backend.TrtRunner(plan, trt=trt, buffers=trt.memory)
+
+
 # ---------------------------------------------------------------------------------------------- INT8
 
 
 @pytest.fixture(scope="module")
 def qdq_file(onnx_file, tmp_path_factory):
     """The calibration's portable Q/DQ form of the small model (symmetric INT8, per-channel weights)."""
-    import numpy as np
-
     from effexport.calibration import qdq
 
     folder = tmp_path_factory.mktemp("qdq")

@@ -17,8 +17,9 @@ Written to the documented Python API of both majors. What differs:
   deprecated weak typing and 11.x removed it, so the 10.x weakly typed route (BuilderFlag.INT8, which 8.x required
   for Q/DQ networks) is not offered. Layers outside the Q/DQ pairs run in the graph's FP32.
 
-The build function takes the `tensorrt` module as an argument so that tests can hand it a recording fake
-(tests/fakes/tensorrt.py) and check our calls on a machine without TensorRT or a GPU.
+The build function and the runner take the `tensorrt` module as an argument, and the runner its device buffers
+(torch CUDA tensors by default), so that tests can hand them a recording fake (tests/fakes/tensorrt.py) and host
+memory, and check our calls on a machine without TensorRT or a GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -379,14 +380,60 @@ def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None 
     return TrtRunner(artifact, host_code_allowed=bool(options and options.version_compatible))
 
 
-class TrtRunner:
-    """Runs a plan on the first GPU with device buffers from torch.cuda (torch is a core dependency)."""
+class DeviceBuffers(Protocol):
+    """Where the runner's tensors live and the stream TensorRT runs on: CUDA memory through torch in production
+    (TorchCudaBuffers); tests hand the runner host memory so that its own logic runs without a GPU."""
 
-    def __init__(self, plan: Path, host_code_allowed: bool = False):
-        trt = require_tensorrt()
+    @property
+    def stream_handle(self) -> int: ...
+
+    def upload(self, x: np.ndarray) -> Any: ...
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
+
+    def address(self, buffer: Any) -> int: ...
+
+    def download(self, buffer: Any) -> np.ndarray:
+        """Wait for the stream, then the buffer as float32 on the host."""
+        ...
+
+
+class TorchCudaBuffers:
+    """Device buffers from torch.cuda on one stream of the first GPU (torch is a core dependency)."""
+
+    def __init__(self) -> None:
         import torch
 
         self.torch = torch
+        self.stream = torch.cuda.Stream()
+
+    @property
+    def stream_handle(self) -> int:
+        return self.stream.cuda_stream
+
+    def upload(self, x: np.ndarray) -> Any:
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.from_numpy(x).to("cuda")
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        torch_dtype = self.torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.empty(shape, dtype=torch_dtype, device="cuda")
+
+    def address(self, buffer: Any) -> int:
+        return buffer.data_ptr()
+
+    def download(self, buffer: Any) -> np.ndarray:
+        self.stream.synchronize()
+        return buffer.float().cpu().numpy()
+
+
+class TrtRunner:
+    """Runs a plan on the first GPU, in chunks that fit its batch profile (run_in_batches)."""
+
+    def __init__(self, plan: Path, host_code_allowed: bool = False, *, trt: ModuleType | None = None,
+                 buffers: DeviceBuffers | None = None):
+        trt = trt if trt is not None else require_tensorrt()
         self.trt = trt
         self.logger = _make_logger(trt)
         runtime = trt.Runtime(self.logger)
@@ -404,7 +451,7 @@ class TrtRunner:
         else:
             low, _opt, high = self.engine.get_tensor_profile_shape(self.input, 0)
             self.min_batch, self.max_batch = int(low[0]), int(high[0])
-        self.stream = torch.cuda.Stream()
+        self.buffers = buffers if buffers is not None else TorchCudaBuffers()
         env = cuda_environment()
         self.execution = {"device": env["gpus"][0]["name"] if env["gpus"] else "cuda", "tensorrt": trt.__version__,
                           "batch_range": [self.min_batch, self.max_batch], "cuda_runtime": env["cuda_runtime"]}
@@ -417,19 +464,15 @@ class TrtRunner:
         self.engine = None
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        np_dtype = self.trt.nptype(self.engine.get_tensor_dtype(self.output))
-        out_dtype = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
-        with torch.cuda.stream(self.stream):
-            device_in = torch.from_numpy(x).to("cuda")
-            self.context.set_input_shape(self.input, tuple(device_in.shape))
-            self.context.set_tensor_address(self.input, device_in.data_ptr())
-            device_out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=out_dtype, device="cuda")
-            self.context.set_tensor_address(self.output, device_out.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise ExportError(f"TensorRT execution failed: {self.logger.errors[-1:] or 'no reason given'}")
-        self.stream.synchronize()
-        return device_out.float().cpu().numpy()
+        out_dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(self.output)))
+        device_in = self.buffers.upload(x)
+        self.context.set_input_shape(self.input, tuple(x.shape))
+        self.context.set_tensor_address(self.input, self.buffers.address(device_in))
+        device_out = self.buffers.empty(tuple(self.context.get_tensor_shape(self.output)), out_dtype)
+        self.context.set_tensor_address(self.output, self.buffers.address(device_out))
+        if not self.context.execute_async_v3(self.buffers.stream_handle):
+            raise ExportError(f"TensorRT execution failed: {self.logger.errors[-1:] or 'no reason given'}")
+        return self.buffers.download(device_out)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return run_in_batches(self._infer, x, self.max_batch, self.min_batch)
