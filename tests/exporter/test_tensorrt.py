@@ -405,6 +405,36 @@ def test_runner_allocates_the_output_in_the_engine_type_and_returns_float32(tmp_
     assert {a.dtype for a in trt.memory.arrays.values()} == {np.dtype(np.float32), np.dtype(np.float16)}
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_runner_stops_when_tensorrt_rejects_the_input_shape(version, onnx_file, tmp_path):
+    trt = make_fake_tensorrt(version)
+    with _runner(trt, _plan(trt, onnx_file, TrtOptions(1, 4, 8), tmp_path)) as runner:
+        with pytest.raises(ExportError, match=r"rejected the shape \[2, 3, 16, 16\] of input 'input': the engine's "
+                                              r"profile takes batches 1 to 8 of \[3, 32, 32\]; give inputs of that "
+                                              r"size .*outside the engine's profile"):
+            runner.run(_tagged(2, (3, 16, 16)))
+    assert not _calls(trt, "set_tensor_address") and not _calls(trt, "execute_async_v3")
+
+
+@pytest.mark.parametrize("tensor, what", [("input", r"float32 buffer \[3, 3, 32, 32\]"),
+                                          ("logits", r"float32 buffer \[3, 5\]")])
+def test_runner_stops_when_tensorrt_rejects_a_tensor_address(tensor, what, onnx_file, tmp_path):
+    trt = make_fake_tensorrt("11.1.0", reject_address_of=(tensor,))
+    with _runner(trt, _plan(trt, onnx_file, TrtOptions(1, 4, 8), tmp_path)) as runner:
+        with pytest.raises(ExportError, match=rf"rejected the {what} at 0x[0-9a-f]+ for tensor '{tensor}' "
+                                              rf"\(TensorRT: cannot set the address of tensor {tensor}\)"):
+            runner.run(_tagged(3))
+    assert not _calls(trt, "execute_async_v3")
+
+
+def test_runner_reports_a_failed_execution_with_tensorrt_s_error(onnx_file, tmp_path):
+    trt = make_fake_tensorrt("10.9.0", execute_error="illegal memory access")
+    with _runner(trt, _plan(trt, onnx_file, TrtOptions(), tmp_path)) as runner:
+        with pytest.raises(ExportError, match="^TensorRT execution failed: illegal memory access; rerun with -v"):
+            runner.run(_tagged(1))
+    assert trt.memory.downloads == 0
+
+
 def test_runner_refuses_a_plan_tensorrt_cannot_load(tmp_path):
     trt = make_fake_tensorrt()
     plan = tmp_path / "model.plan"

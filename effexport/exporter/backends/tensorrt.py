@@ -445,7 +445,9 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        static = int(self.engine.get_tensor_shape(self.input)[0])
+        engine_shape = [int(d) for d in self.engine.get_tensor_shape(self.input)]
+        self.sample_shape = engine_shape[1:]  # C, H, W: fixed at build time (add_batch_profile)
+        static = engine_shape[0]
         if static >= 0:
             self.min_batch = self.max_batch = static
         else:
@@ -466,13 +468,29 @@ class TrtRunner:
     def _infer(self, x: np.ndarray) -> np.ndarray:
         out_dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(self.output)))
         device_in = self.buffers.upload(x)
-        self.context.set_input_shape(self.input, tuple(x.shape))
-        self.context.set_tensor_address(self.input, self.buffers.address(device_in))
-        device_out = self.buffers.empty(tuple(self.context.get_tensor_shape(self.output)), out_dtype)
-        self.context.set_tensor_address(self.output, self.buffers.address(device_out))
+        # TensorRT reports a rejected shape or address by returning False (and logging); going on would run the
+        # engine on stale shapes or leave the output unwritten, so each call is checked.
+        if not self.context.set_input_shape(self.input, tuple(x.shape)):
+            raise ExportError(f"TensorRT rejected the shape {list(x.shape)} of input {self.input!r}: the engine's "
+                              f"profile takes batches {self.min_batch} to {self.max_batch} of {self.sample_shape}; "
+                              f"give inputs of that size or rebuild the engine for this one{self._reason()}")
+        self._set_address(self.input, device_in, x.shape, x.dtype)
+        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output))
+        device_out = self.buffers.empty(out_shape, out_dtype)
+        self._set_address(self.output, device_out, out_shape, out_dtype)
         if not self.context.execute_async_v3(self.buffers.stream_handle):
-            raise ExportError(f"TensorRT execution failed: {self.logger.errors[-1:] or 'no reason given'}")
+            reason = self.logger.errors[-1] if self.logger.errors else "no reason given"
+            raise ExportError(f"TensorRT execution failed: {reason}; rerun with -v for TensorRT's log")
         return self.buffers.download(device_out)
+
+    def _set_address(self, name: str, buffer: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        address = self.buffers.address(buffer)
+        if not self.context.set_tensor_address(name, address):
+            raise ExportError(f"TensorRT rejected the {np.dtype(dtype).name} buffer {list(shape)} at {address:#x} "
+                              f"for tensor {name!r}{self._reason()}; rerun with -v for TensorRT's log")
+
+    def _reason(self) -> str:
+        return f" (TensorRT: {self.logger.errors[-1]})" if self.logger.errors else ""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return run_in_batches(self._infer, x, self.max_batch, self.min_batch)
