@@ -8,16 +8,18 @@ Written to the documented Python API of both majors. What differs:
   same way by default; `fp16_builder_flag` keeps 10.x's weakly typed alternative (FP32 graph + BuilderFlag.FP16).
 - EXPLICIT_BATCH is never set: since 10.0 every network is explicit-batch and the flag is an ignored,
   deprecated member; 11.x removed it.
-- FP32 builds clear BuilderFlag.TF32 (on by default): TF32 rounds matmul/conv inputs to 10 mantissa bits, which
-  is not FP32 and would not meet the FP32 tolerance.
+- Every build clears BuilderFlag.TF32, which TensorRT enables by default and which lets FP32 convolutions and
+  matmuls round their inputs to 10 mantissa bits. An FP32 engine would miss the FP32 tolerance; in FP16 and INT8
+  engines the FP32 layers are the ones the graph keeps in FP32 on purpose, so they compute FP32 there too.
 - INT8 is explicit quantization: the engine is built from the calibration's portable Q/DQ ONNX (checked against
   TensorRT's Q/DQ rules first), strongly typed on both majors. TensorRT's explicit-quantization guide says to use
   it with strong typing and that precision builder flags "are not required and should not be specified"; 10.12
   deprecated weak typing and 11.x removed it, so the 10.x weakly typed route (BuilderFlag.INT8, which 8.x required
   for Q/DQ networks) is not offered. Layers outside the Q/DQ pairs run in the graph's FP32.
 
-The build function takes the `tensorrt` module as an argument so that tests can hand it a recording fake
-(tests/fakes/tensorrt.py) and check our calls on a machine without TensorRT or a GPU.
+The build function and the runner take the `tensorrt` module as an argument, and the runner its device buffers
+(torch CUDA tensors by default), so that tests can hand them a recording fake (tests/fakes/tensorrt.py) and host
+memory, and check our calls on a machine without TensorRT or a GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -89,6 +91,18 @@ class TrtOptions:
         return d
 
 
+def profile_tag(options: TrtOptions) -> str:
+    """The batch profile as a folder suffix: "b8" for a static batch of 8, "b1-8-32" for min 1, opt 8, max 32."""
+    if options.min_batch == options.opt_batch == options.max_batch:
+        return f"b{options.max_batch}"
+    return f"b{options.min_batch}-{options.opt_batch}-{options.max_batch}"
+
+
+def covers(options: TrtOptions, batch: int) -> bool:
+    """Whether an engine built with `options` takes `batch` samples in one execution (no chunking or padding)."""
+    return options.min_batch <= batch <= options.max_batch
+
+
 def default_options(options: TrtOptions | None, recipe_folder: Path) -> TrtOptions:
     """Fill in the recipe's timing cache so that every rebuild starts from the last build's timings."""
     options = options or TrtOptions()
@@ -118,6 +132,11 @@ def probe() -> Availability:
     env = cuda_environment()
     if not env["gpus"]:
         problems.append(f"no CUDA GPU is visible ({env['error'] or 'no device'})")
+    # The runner's device buffers are torch CUDA tensors: with a CPU-only torch a build would succeed and its parity
+    # run would then fail, so say it here, before any work.
+    if not env["torch_cuda"]:
+        problems.append("torch is a CPU-only build; the TensorRT runner needs CUDA tensors: install a CUDA build of "
+                        "torch")
     gpu = env["gpus"][0] if env["gpus"] else None
     device = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else None
     return Availability("tensorrt", not problems, version=version, device=device,
@@ -128,7 +147,7 @@ def require_tensorrt() -> ModuleType:
     """The tensorrt module and a GPU, or one line naming what is missing."""
     found = probe()
     if not found.available:
-        raise MissingDependencyError(f"TensorRT needs {found.reason}")
+        raise MissingDependencyError(f"the TensorRT backend is unavailable: {found.reason}")
     import tensorrt as trt
 
     return trt
@@ -210,23 +229,39 @@ def add_batch_profile(trt: ModuleType, builder, network, config, options: TrtOpt
 
 
 def load_timing_cache(config, path: Path | None) -> dict:
-    """Start the build from the saved timing cache, or from an empty one if there is none or it does not fit
-    this TensorRT version and GPU (mixing foreign timings would only mislead tactic selection)."""
+    """Start the build from the saved timing cache, or from an empty one if there is none or TensorRT cannot use it
+    (corrupt, or written by another TensorRT version or GPU: mixing foreign timings would only mislead tactic
+    selection). The build's timings replace an unusable file afterwards (save_timing_cache)."""
     blob = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
-    cache = config.create_timing_cache(blob)
-    if config.set_timing_cache(cache, False):
-        return {"path": str(path) if path else None, "loaded_bytes": len(blob)}
-    log.warning("timing cache %s does not match this TensorRT version or GPU; starting a new one", path)
-    config.set_timing_cache(config.create_timing_cache(b""), False)
-    return {"path": str(path), "loaded_bytes": 0, "rejected_bytes": len(blob)}
+    record: dict[str, Any] = {"path": str(path) if path else None, "loaded": False, "loaded_bytes": 0}
+    if blob:
+        # create_timing_cache gives None for bytes it cannot read (trtexec checks for it too), and set_timing_cache
+        # False for a cache of another version or device when mismatches are not ignored
+        cache = config.create_timing_cache(blob)
+        if cache is None:
+            reason = "TensorRT cannot read it (corrupt, or written by another TensorRT version)"
+        elif not config.set_timing_cache(cache, False):
+            reason = "it does not match this TensorRT version or GPU"
+        else:
+            return {**record, "loaded": True, "loaded_bytes": len(blob)}
+        log.warning("timing cache %s not used: %s; building without it and replacing it with this build's timings",
+                    path, reason)
+        record.update(reason=reason, rejected_bytes=len(blob))
+    empty = config.create_timing_cache(b"")
+    if empty is None:  # no bytes to blame: TensorRT itself failed (its error is in the log)
+        raise ExportError("TensorRT could not create an empty timing cache; see the log (rerun with -v)")
+    config.set_timing_cache(empty, False)
+    return record
 
 
 def save_timing_cache(config, path: Path | None) -> int:
-    if path is None:
+    """Write the cache the build used (now with its timings) over the file; 0 if there is none to write."""
+    cache = config.get_timing_cache() if path is not None else None
+    if cache is None:
         return 0
     from effexport.exporter.artifacts import write_bytes
 
-    data = bytes(config.get_timing_cache().serialize())
+    data = bytes(cache.serialize())
     write_bytes(Path(path), data)
     return len(data)
 
@@ -237,9 +272,13 @@ def configure(trt: ModuleType, config, precision: str, options: TrtOptions) -> l
     if options.workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
         done.append(f"workspace {options.workspace_gb:g} GiB")
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)
-        done.append("TF32 off")
+    # TensorRT documents BuilderFlag.TF32 as "Allow (but not require) computations on tensors of type
+    # DataType.FLOAT to use TF32", rounding "the inputs to 10-bit mantissas before multiplying", and as "Enabled by
+    # default". Cleared for every precision: the FP32 tensors of an FP16 or Q/DQ graph are the layers it keeps in
+    # FP32 on purpose (the converter's blocked ops, the recipe's keep-float layers such as the classifier), and the
+    # CPU verification of that graph computes them in FP32. A reduced tolerance would hide TF32, not justify it.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    done.append("TF32 off")
     if options.fp16_builder_flag:
         config.set_flag(trt.BuilderFlag.FP16)
         done.append("BuilderFlag.FP16")
@@ -341,14 +380,60 @@ def open_runner(artifact: Path, *, precision: str = "fp32", threads: int | None 
     return TrtRunner(artifact, host_code_allowed=bool(options and options.version_compatible))
 
 
-class TrtRunner:
-    """Runs a plan on the first GPU with device buffers from torch.cuda (torch is a core dependency)."""
+class DeviceBuffers(Protocol):
+    """Where the runner's tensors live and the stream TensorRT runs on: CUDA memory through torch in production
+    (TorchCudaBuffers); tests hand the runner host memory so that its own logic runs without a GPU."""
 
-    def __init__(self, plan: Path, host_code_allowed: bool = False):
-        trt = require_tensorrt()
+    @property
+    def stream_handle(self) -> int: ...
+
+    def upload(self, x: np.ndarray) -> Any: ...
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
+
+    def address(self, buffer: Any) -> int: ...
+
+    def download(self, buffer: Any) -> np.ndarray:
+        """Wait for the stream, then the buffer as float32 on the host."""
+        ...
+
+
+class TorchCudaBuffers:
+    """Device buffers from torch.cuda on one stream of the first GPU (torch is a core dependency)."""
+
+    def __init__(self) -> None:
         import torch
 
         self.torch = torch
+        self.stream = torch.cuda.Stream()
+
+    @property
+    def stream_handle(self) -> int:
+        return self.stream.cuda_stream
+
+    def upload(self, x: np.ndarray) -> Any:
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.from_numpy(x).to("cuda")
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        torch_dtype = self.torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.empty(shape, dtype=torch_dtype, device="cuda")
+
+    def address(self, buffer: Any) -> int:
+        return buffer.data_ptr()
+
+    def download(self, buffer: Any) -> np.ndarray:
+        self.stream.synchronize()
+        return buffer.float().cpu().numpy()
+
+
+class TrtRunner:
+    """Runs a plan on the first GPU, in chunks that fit its batch profile (run_in_batches)."""
+
+    def __init__(self, plan: Path, host_code_allowed: bool = False, *, trt: ModuleType | None = None,
+                 buffers: DeviceBuffers | None = None):
+        trt = trt if trt is not None else require_tensorrt()
         self.trt = trt
         self.logger = _make_logger(trt)
         runtime = trt.Runtime(self.logger)
@@ -360,13 +445,15 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        static = int(self.engine.get_tensor_shape(self.input)[0])
+        engine_shape = [int(d) for d in self.engine.get_tensor_shape(self.input)]
+        self.sample_shape = engine_shape[1:]  # C, H, W: fixed at build time (add_batch_profile)
+        static = engine_shape[0]
         if static >= 0:
             self.min_batch = self.max_batch = static
         else:
             low, _opt, high = self.engine.get_tensor_profile_shape(self.input, 0)
             self.min_batch, self.max_batch = int(low[0]), int(high[0])
-        self.stream = torch.cuda.Stream()
+        self.buffers = buffers if buffers is not None else TorchCudaBuffers()
         env = cuda_environment()
         self.execution = {"device": env["gpus"][0]["name"] if env["gpus"] else "cuda", "tensorrt": trt.__version__,
                           "batch_range": [self.min_batch, self.max_batch], "cuda_runtime": env["cuda_runtime"]}
@@ -379,19 +466,31 @@ class TrtRunner:
         self.engine = None
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        np_dtype = self.trt.nptype(self.engine.get_tensor_dtype(self.output))
-        out_dtype = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
-        with torch.cuda.stream(self.stream):
-            device_in = torch.from_numpy(x).to("cuda")
-            self.context.set_input_shape(self.input, tuple(device_in.shape))
-            self.context.set_tensor_address(self.input, device_in.data_ptr())
-            device_out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=out_dtype, device="cuda")
-            self.context.set_tensor_address(self.output, device_out.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise ExportError(f"TensorRT execution failed: {self.logger.errors[-1:] or 'no reason given'}")
-        self.stream.synchronize()
-        return device_out.float().cpu().numpy()
+        out_dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(self.output)))
+        device_in = self.buffers.upload(x)
+        # TensorRT reports a rejected shape or address by returning False (and logging); going on would run the
+        # engine on stale shapes or leave the output unwritten, so each call is checked.
+        if not self.context.set_input_shape(self.input, tuple(x.shape)):
+            raise ExportError(f"TensorRT rejected the shape {list(x.shape)} of input {self.input!r}: the engine's "
+                              f"profile takes batches {self.min_batch} to {self.max_batch} of {self.sample_shape}; "
+                              f"give inputs of that size or rebuild the engine for this one{self._reason()}")
+        self._set_address(self.input, device_in, x.shape, x.dtype)
+        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output))
+        device_out = self.buffers.empty(out_shape, out_dtype)
+        self._set_address(self.output, device_out, out_shape, out_dtype)
+        if not self.context.execute_async_v3(self.buffers.stream_handle):
+            reason = self.logger.errors[-1] if self.logger.errors else "no reason given"
+            raise ExportError(f"TensorRT execution failed: {reason}; rerun with -v for TensorRT's log")
+        return self.buffers.download(device_out)
+
+    def _set_address(self, name: str, buffer: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        address = self.buffers.address(buffer)
+        if not self.context.set_tensor_address(name, address):
+            raise ExportError(f"TensorRT rejected the {np.dtype(dtype).name} buffer {list(shape)} at {address:#x} "
+                              f"for tensor {name!r}{self._reason()}; rerun with -v for TensorRT's log")
+
+    def _reason(self) -> str:
+        return f" (TensorRT: {self.logger.errors[-1]})" if self.logger.errors else ""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return run_in_batches(self._infer, x, self.max_batch, self.min_batch)
