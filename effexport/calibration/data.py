@@ -32,6 +32,12 @@ DEFAULT_SEED = 0
 SMALL_SET = 100  # photographs; fewer are expanded into views
 ARRAY_SUFFIXES = {".npy", ".npz"}
 ARRAY_KEYS = ("input", "inputs", "x", "images")  # accepted names of the array inside a .npz
+# Degenerate photographs: kept (they are the user's data), but named in a warning. A short side under TINY_SIDE px
+# holds little detail, and under a quarter of the crop it is upscaled 4x or more (interpolation blur); past
+# MAX_ASPECT:1 the center crop keeps a sliver of the picture.
+TINY_SIDE = 32
+MAX_ASPECT = 8.0
+NAMED_FILES = 5  # files named in one warning; the manifest lists every file used
 BUILTIN_WARNING = ("calibrating on the 9 built-in photographs: INT8 ranges fitted to data unlike your deployment "
                    "images cost accuracy; pass --calib DIR with a few hundred of your own images")
 
@@ -149,7 +155,40 @@ def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind
         log.warning("asked for %d calibration images, %s has only %d readable", size, folder, len(images))
     expanded = calibration_views(images) if views and len(images) < SMALL_SET else images
     return CalibrationData(preprocess_images(expanded, pp), "builtin" if kind == "builtin" else str(folder), kind,
-                           items, skipped, len(files), size, seed, pp.to_dict(), views=len(expanded) // len(images))
+                           items, skipped, len(files), size, seed, pp.to_dict(), views=len(expanded) // len(images),
+                           warnings=degenerate_warnings(images, [i.name for i in items], pp))
+
+
+def degenerate_warnings(images: list[Image.Image], names: list[str], pp: Preprocess) -> list[str]:
+    """One warning per kind of degenerate photograph (tiny, extreme aspect ratio), naming the files."""
+    crop = min(pp.crop_size)
+    tiny_side = max(TINY_SIDE, crop / 4)
+    tiny, extreme = [], []
+    for image, name in zip(images, names, strict=True):
+        w, h = image.size
+        if min(w, h) < tiny_side:
+            tiny.append(f"{name} ({w}x{h})")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            extreme.append(f"{name} ({w}x{h})")
+    warnings = []
+    if tiny:
+        warnings.append(f"{_count(tiny, 'is', 'are')} tiny (shorter side under {tiny_side:g} px, upscaled to the "
+                        f"{crop} px crop): {_named(tiny)}; kept, but they calibrate on interpolation blur: remove them "
+                        f"or use larger photographs")
+    if extreme:
+        warnings.append(f"{_count(extreme, 'has', 'have')} an extreme aspect ratio (over {MAX_ASPECT:g}:1): "
+                        f"{_named(extreme)}; kept, but the center crop sees a sliver of each: remove them or crop "
+                        f"them yourself")
+    return warnings
+
+
+def _count(files: list[str], singular: str, plural: str) -> str:
+    return f"1 calibration image {singular}" if len(files) == 1 else f"{len(files)} calibration images {plural}"
+
+
+def _named(files: list[str]) -> str:
+    more = len(files) - NAMED_FILES
+    return ", ".join(files[:NAMED_FILES]) + (f" and {more} more (the manifest lists every file)" if more > 0 else "")
 
 
 def _load_array(path: Path) -> np.ndarray:
