@@ -102,24 +102,28 @@ def _shuffled(n: int, seed: int) -> list[int]:
 
 
 def load_calibration(source: Path | None, pp: Preprocess, size: int | None = None, seed: int = DEFAULT_SEED,
-                     views: bool = True) -> CalibrationData:
+                     views: bool = True, at_most: int | None = None) -> CalibrationData:
     """Calibration inputs from `source` (folder, .npy/.npz file, or None for the built-in photographs); with
     `views`, fewer than SMALL_SET photographs are expanded into 12 views each (arrays are used as given).
+    `at_most` caps the sample like `size` (the user's --calib-size) but is no request: having fewer is not warned.
 
     Raises UsageError when the source does not exist, holds no usable image, or the arrays do not match
     the model input.
     """
     if size is not None and size < 1:
         raise UsageError(f"--calib-size must be at least 1, got {size}")
+    requested = size
+    if at_most is not None:
+        size = at_most if size is None else min(size, at_most)
     if source is None:
-        data = _from_folder(BUILTIN_DIR, pp, size, seed, "builtin", views)
+        data = _from_folder(BUILTIN_DIR, pp, size, seed, "builtin", views, requested)
         data.warnings.append(BUILTIN_WARNING)  # the manifest keeps it; the CLI prints it
         return data
     source = Path(source)
     if source.is_file() and source.suffix.lower() in ARRAY_SUFFIXES:
         return _from_array(source, pp, size, seed)
     if source.is_dir():
-        return _from_folder(source, pp, size, seed, "folder", views)
+        return _from_folder(source, pp, size, seed, "folder", views, requested)
     raise UsageError(f"calibration source {source} is neither a folder of images nor a .npy/.npz file")
 
 
@@ -132,7 +136,7 @@ def calibration_views(images: list[Image.Image]) -> list[Image.Image]:
 
 
 def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind: str,
-                 views: bool = True) -> CalibrationData:
+                 views: bool = True, requested: int | None = None) -> CalibrationData:
     files = image_files(folder)
     if not files:
         raise UsageError(f"no image files (jpg, png, webp) in {folder}: point --calib at a folder of photographs")
@@ -151,8 +155,8 @@ def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind
     if not images:
         raise UsageError(f"none of the {len(files)} image files in {folder} could be read "
                          f"({len(skipped)} corrupt or unreadable); --calib needs readable photographs")
-    if size is not None and len(images) < size:
-        log.warning("asked for %d calibration images, %s has only %d readable", size, folder, len(images))
+    if requested is not None and len(images) < requested:
+        log.warning("asked for %d calibration images, %s has only %d readable", requested, folder, len(images))
     expanded = calibration_views(images) if views and len(images) < SMALL_SET else images
     return CalibrationData(preprocess_images(expanded, pp), "builtin" if kind == "builtin" else str(folder), kind,
                            items, skipped, len(files), size, seed, pp.to_dict(), views=len(expanded) // len(images),
@@ -211,6 +215,12 @@ def _from_array(path: Path, pp: Preprocess, size: int | None, seed: int) -> Cali
     expected = (3, *pp.crop_size)
     if array.ndim == 3:
         array = array[None]
+    if array.ndim == 4 and array.shape[1] == 3 and tuple(array.shape[2:]) != pp.crop_size:
+        # Never resized: scaling an already cropped and normalized array is not the recipe's preprocessing at this size.
+        (h, w), (want_h, want_w) = array.shape[2:], pp.crop_size
+        raise UsageError(f"{path} holds inputs preprocessed at {h}x{w}, but the model takes {want_h}x{want_w} (its "
+                         f"--img-size, or --resolution for slimmable recipes); arrays are used as given, never "
+                         f"resized: save them at {want_h}x{want_w} or pass the folder of images instead")
     if array.ndim != 4 or tuple(array.shape[1:]) != expected:
         raise UsageError(f"{path} holds an array of shape {tuple(array.shape)}; calibration arrays must be "
                          f"preprocessed inputs of shape (N, {', '.join(map(str, expected))})")

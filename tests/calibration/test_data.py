@@ -97,7 +97,8 @@ def test_arrays_npy_and_npz(tmp_path):
 
 
 @pytest.mark.parametrize("array, match", [
-    (np.zeros((4, 3, 16, 16), np.float32), "shape"),
+    (np.zeros((4, 3, 16, 16), np.float32), "preprocessed at 16x16"),
+    (np.zeros((4, 1, 32, 32), np.float32), "shape"),
     (np.zeros((4, 3, 32, 32), np.uint8), "float"),
     (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN"),
     (np.array([{"a": 1}], dtype=object), "cannot read|shape"),
@@ -136,3 +137,20 @@ def test_tiny_is_judged_against_the_crop_too(tmp_path):
     [warning] = load_calibration(tmp_path, big_crop, views=False).warnings
     assert "1 calibration image is tiny (shorter side under 56 px, upscaled to the 224 px crop): small.png" in warning
 
+
+def test_at_most_caps_the_sample_without_asking_for_it(tmp_path, caplog):
+    write_images(tmp_path, 6)
+    capped = load_calibration(tmp_path, PP, views=False, at_most=4)
+    assert capped.count == 4 and [i.name for i in capped.items] == [i.name for i in load_calibration(
+        tmp_path, PP, size=4, views=False).items]  # the same seeded sample as --calib-size 4
+    caplog.clear()
+    assert load_calibration(tmp_path, PP, views=False, at_most=50).count == 6 and "asked for" not in caplog.text
+    assert load_calibration(tmp_path, PP, size=3, views=False, at_most=50).count == 3
+    load_calibration(tmp_path, PP, size=50, views=False)
+    assert "asked for 50 calibration images" in caplog.text  # a --calib-size the folder cannot fill is still told
+
+
+def test_an_array_at_another_size_is_refused_not_resized(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 48, 48), np.float32))
+    with pytest.raises(UsageError, match=r"preprocessed at 48x48, but the model takes 32x32 .* never resized"):
+        load_calibration(tmp_path / "x.npy", PP)
