@@ -32,6 +32,12 @@ DEFAULT_SEED = 0
 SMALL_SET = 100  # photographs; fewer are expanded into views
 ARRAY_SUFFIXES = {".npy", ".npz"}
 ARRAY_KEYS = ("input", "inputs", "x", "images")  # accepted names of the array inside a .npz
+# Degenerate photographs: kept (they are the user's data), but named in a warning. A short side under TINY_SIDE px
+# holds little detail, and under a quarter of the crop it is upscaled 4x or more (interpolation blur); past
+# MAX_ASPECT:1 the center crop keeps a sliver of the picture.
+TINY_SIDE = 32
+MAX_ASPECT = 8.0
+NAMED_FILES = 5  # files named in one warning; the manifest lists every file used
 BUILTIN_WARNING = ("calibrating on the 9 built-in photographs: INT8 ranges fitted to data unlike your deployment "
                    "images cost accuracy; pass --calib DIR with a few hundred of your own images")
 
@@ -96,24 +102,28 @@ def _shuffled(n: int, seed: int) -> list[int]:
 
 
 def load_calibration(source: Path | None, pp: Preprocess, size: int | None = None, seed: int = DEFAULT_SEED,
-                     views: bool = True) -> CalibrationData:
+                     views: bool = True, at_most: int | None = None) -> CalibrationData:
     """Calibration inputs from `source` (folder, .npy/.npz file, or None for the built-in photographs); with
     `views`, fewer than SMALL_SET photographs are expanded into 12 views each (arrays are used as given).
+    `at_most` caps the sample like `size` (the user's --calib-size) but is no request: having fewer is not warned.
 
     Raises UsageError when the source does not exist, holds no usable image, or the arrays do not match
     the model input.
     """
     if size is not None and size < 1:
         raise UsageError(f"--calib-size must be at least 1, got {size}")
+    requested = size
+    if at_most is not None:
+        size = at_most if size is None else min(size, at_most)
     if source is None:
-        data = _from_folder(BUILTIN_DIR, pp, size, seed, "builtin", views)
+        data = _from_folder(BUILTIN_DIR, pp, size, seed, "builtin", views, requested)
         data.warnings.append(BUILTIN_WARNING)  # the manifest keeps it; the CLI prints it
         return data
     source = Path(source)
     if source.is_file() and source.suffix.lower() in ARRAY_SUFFIXES:
         return _from_array(source, pp, size, seed)
     if source.is_dir():
-        return _from_folder(source, pp, size, seed, "folder", views)
+        return _from_folder(source, pp, size, seed, "folder", views, requested)
     raise UsageError(f"calibration source {source} is neither a folder of images nor a .npy/.npz file")
 
 
@@ -126,7 +136,7 @@ def calibration_views(images: list[Image.Image]) -> list[Image.Image]:
 
 
 def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind: str,
-                 views: bool = True) -> CalibrationData:
+                 views: bool = True, requested: int | None = None) -> CalibrationData:
     files = image_files(folder)
     if not files:
         raise UsageError(f"no image files (jpg, png, webp) in {folder}: point --calib at a folder of photographs")
@@ -145,11 +155,44 @@ def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind
     if not images:
         raise UsageError(f"none of the {len(files)} image files in {folder} could be read "
                          f"({len(skipped)} corrupt or unreadable); --calib needs readable photographs")
-    if size is not None and len(images) < size:
-        log.warning("asked for %d calibration images, %s has only %d readable", size, folder, len(images))
+    if requested is not None and len(images) < requested:
+        log.warning("asked for %d calibration images, %s has only %d readable", requested, folder, len(images))
     expanded = calibration_views(images) if views and len(images) < SMALL_SET else images
     return CalibrationData(preprocess_images(expanded, pp), "builtin" if kind == "builtin" else str(folder), kind,
-                           items, skipped, len(files), size, seed, pp.to_dict(), views=len(expanded) // len(images))
+                           items, skipped, len(files), size, seed, pp.to_dict(), views=len(expanded) // len(images),
+                           warnings=degenerate_warnings(images, [i.name for i in items], pp))
+
+
+def degenerate_warnings(images: list[Image.Image], names: list[str], pp: Preprocess) -> list[str]:
+    """One warning per kind of degenerate photograph (tiny, extreme aspect ratio), naming the files."""
+    crop = min(pp.crop_size)
+    tiny_side = max(TINY_SIDE, crop / 4)
+    tiny, extreme = [], []
+    for image, name in zip(images, names, strict=True):
+        w, h = image.size
+        if min(w, h) < tiny_side:
+            tiny.append(f"{name} ({w}x{h})")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            extreme.append(f"{name} ({w}x{h})")
+    warnings = []
+    if tiny:
+        warnings.append(f"{_count(tiny, 'is', 'are')} tiny (shorter side under {tiny_side:g} px, upscaled to the "
+                        f"{crop} px crop): {_named(tiny)}; kept, but they calibrate on interpolation blur: remove them "
+                        f"or use larger photographs")
+    if extreme:
+        warnings.append(f"{_count(extreme, 'has', 'have')} an extreme aspect ratio (over {MAX_ASPECT:g}:1): "
+                        f"{_named(extreme)}; kept, but the center crop sees a sliver of each: remove them or crop "
+                        f"them yourself")
+    return warnings
+
+
+def _count(files: list[str], singular: str, plural: str) -> str:
+    return f"1 calibration image {singular}" if len(files) == 1 else f"{len(files)} calibration images {plural}"
+
+
+def _named(files: list[str]) -> str:
+    more = len(files) - NAMED_FILES
+    return ", ".join(files[:NAMED_FILES]) + (f" and {more} more (the manifest lists every file)" if more > 0 else "")
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -172,6 +215,12 @@ def _from_array(path: Path, pp: Preprocess, size: int | None, seed: int) -> Cali
     expected = (3, *pp.crop_size)
     if array.ndim == 3:
         array = array[None]
+    if array.ndim == 4 and array.shape[1] == 3 and tuple(array.shape[2:]) != pp.crop_size:
+        # Never resized: scaling an already cropped and normalized array is not the recipe's preprocessing at this size.
+        (h, w), (want_h, want_w) = array.shape[2:], pp.crop_size
+        raise UsageError(f"{path} holds inputs preprocessed at {h}x{w}, but the model takes {want_h}x{want_w} (its "
+                         f"--img-size, or --resolution for slimmable recipes); arrays are used as given, never "
+                         f"resized: save them at {want_h}x{want_w} or pass the folder of images instead")
     if array.ndim != 4 or tuple(array.shape[1:]) != expected:
         raise UsageError(f"{path} holds an array of shape {tuple(array.shape)}; calibration arrays must be "
                          f"preprocessed inputs of shape (N, {', '.join(map(str, expected))})")

@@ -1,13 +1,18 @@
 """Load checkpoints safely and strictly, converting the upstream layouts users actually hold.
 
 Safety: `.pth/.pt/.bin` files are read with `torch.load(weights_only=True)`, which refuses any pickled
-object that is not a tensor or a plain container; `.safetensors` files hold tensors only.
+object that is not a tensor or a plain container; `.safetensors` files hold tensors only. A refused file is told
+apart from a corrupt one: a file that parses as a whole pickle (pickletools reads the opcodes and runs nothing) was
+refused, and the message names the classes it would have imported.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,11 +43,43 @@ class LoadedWeights:
     tensors: int
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")  # only to list a folder's files
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError)
+# Globals torch's weights-only loader accepts; listed after the others when naming what a refused pickle holds.
+USUAL_GLOBALS = ("torch._utils.", "collections.OrderedDict", "_codecs.encode")
+SHOWN_GLOBALS = 3
+
+
+def check_weights_path(path: Path) -> Path:
+    """Refuse, in one line, a checkpoint path that is missing, a directory, unreadable or empty; returns it as a Path.
+
+    Cheap (a stat and a one-byte read), so it can run before anything is built. Any suffix is accepted: the loader
+    reads `.safetensors` as safetensors and everything else with torch.load.
+    """
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES)
+        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        raise CheckpointError(f"checkpoint {path} is a directory: pass the checkpoint file itself{hint}")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path given to --weights")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file: pass the checkpoint file itself")
+    try:
+        with path.open("rb") as f:
+            empty = not f.read(1)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror or type(exc).__name__}): check its "
+                              f"permissions") from exc
+    if empty:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), not a readable PyTorch checkpoint: the save or "
+                              f"download did not finish")
+    return path
+
+
 def read_checkpoint(path: Path) -> object:
     """Read a checkpoint file without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = check_weights_path(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -51,19 +88,77 @@ def read_checkpoint(path: Path) -> object:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    with warnings.catch_warnings(record=True) as caught:
+        # torch warns that a pickle protocol above 2 may not load; the error raised below says what matters.
+        warnings.simplefilter("always")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except LOAD_ERRORS as exc:
+            error = exc
+        finally:
+            for w in {str(w.message).splitlines()[0] for w in caught}:
+                log.debug("torch.load warning: %s", w)
+    raise _load_failure(path, error) from error
+
+
+def _load_failure(path: Path, exc: Exception) -> CheckpointError:
+    """Refused as unsafe (torch names a global it would not import, or the file is a whole pickle), or corrupt."""
+    text = str(exc)
+    named = re.findall(r"GLOBAL ([\w.]+)", text)
+    pickled = None if zipfile.is_zipfile(path) else _pickle_globals(path)
+    if not named and pickled is None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        # torch's unpickling errors end with the reason, then a pointer to its documentation
+        detail = lines[-2] if isinstance(exc, pickle.UnpicklingError) and len(lines) > 1 else next(iter(lines), "")
+        return _unreadable(path, detail or type(exc).__name__)
+    found = list(dict.fromkeys(named + (pickled or [])))
+    found = [g for g in found if not g.startswith(USUAL_GLOBALS)] or found  # name what was refused, not tensors
+    shown = ", ".join(found[:SHOWN_GLOBALS]) + (f" and {len(found) - SHOWN_GLOBALS} more"
+                                               if len(found) > SHOWN_GLOBALS else "")
+    if found:
+        what = (f"refused as unsafe: it is a plain pickle (pickle.dump, not torch.save) that imports {shown}"
+                if pickled is not None else f"refused as unsafe: it holds pickled objects other than tensors ({shown})")
+        why = "weights_only=True loading refuses arbitrary objects, since unpickling them would run code from the file"
+    else:  # nothing to import, so nothing unsafe: but no tensors either
+        what = "refused: it is a plain pickle (pickle.dump, not torch.save) and holds no tensors"
+        why = "weights_only=True loading reads only torch.save files"
+    return CheckpointError(f"{path} was {what}; {why}. Re-save only the state dict "
+                           f"(torch.save(model.state_dict(), ...)) or convert it to .safetensors.")
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The classes and functions a pickle file would import, read from its opcodes without executing any; None when
+    the file is not one whole pickle (corrupt, truncated, or another format)."""
+    found: list[str] = []
+    strings: list[str | None] = []  # the values pushed most recently (STACK_GLOBAL takes module and name from them)
+    memo: dict[int, str | None] = {}
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        refused = next((line for line in lines if "GLOBAL" in line), None)
-        if refused is None:
-            raise _unreadable(path, lines[-2] if len(lines) > 1 else str(exc)) from exc
-        raise CheckpointError(
-            f"{path} holds pickled objects other than tensors and was refused, because loading it would run "
-            f"code from the file ({refused.strip()[:160]}). Re-save only the state dict "
-            f"(torch.save(model.state_dict(), ...)) or convert it to .safetensors.") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise _unreadable(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        with path.open("rb") as f:
+            # pickle.dump writes PROTO first (protocol 2 and up); without it, this is some other format.
+            if f.read(1) != pickle.PROTO:
+                return None
+            f.seek(0)
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) == 2 and None not in strings:
+                    found.append(f"{strings[0]}.{strings[1]}")
+                if "UNICODE" in op.name or op.name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+                    strings.append(str(arg))
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(arg))
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = strings[-1] if strings else None
+                    continue
+                else:
+                    strings.append(None)
+                del strings[:-2]
+            # pickle.dump writes one pickle; torch's legacy format (several, then raw storage bytes) is not one.
+            if f.read(1):
+                return None
+    except (ValueError, EOFError, OSError, UnicodeDecodeError):
+        return None
+    return list(dict.fromkeys(found))
 
 
 def _unreadable(path: Path, detail: str) -> CheckpointError:
@@ -125,7 +220,7 @@ def map_by_order(src: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str,
 
 def load_weights(model: nn.Module, path: Path, recipe: Recipe, use_ema: bool = False) -> LoadedWeights:
     """Load `path` into `model` strictly, converting a recognised upstream layout first."""
-    path = Path(path)
+    path = check_weights_path(path)
     sd = unwrap(read_checkpoint(path), use_ema=use_ema)
     layout = "timm"
     for candidate in recipe.layouts:

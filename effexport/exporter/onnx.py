@@ -105,10 +105,25 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnxslim
 
     try:
-        return onnxslim.slim(model)
+        slim = onnxslim.slim(model)
     except Exception as exc:
         raise ExportError(f"onnxslim failed to simplify the graph ({type(exc).__name__}: {str(exc)[:200]}); "
                           f"rerun with --no-simplify to skip simplification") from exc
+    restore_initializer_inputs(slim)
+    return slim
+
+
+def restore_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Below IR version 4 (the exporter writes IR 3 for opsets 7 and 8) every initializer must also be a graph
+    input, and onnxslim writes them as initializers only, which the checker rejects. List each one missing as an input
+    after the real ones (runtimes feed the first input). Returns how many were added."""
+    if model.ir_version >= 4:
+        return 0
+    listed = {value.name for value in model.graph.input}
+    missing = [tensor for tensor in model.graph.initializer if tensor.name not in listed]
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+                             for tensor in missing)
+    return len(missing)
 
 
 def check_graph(model: onnx.ModelProto, *, static_shape: bool) -> GraphCheck:

@@ -6,7 +6,6 @@ deploy rewrites it needs and which upstream checkpoint layouts it reads.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effexport.errors import UsageError
+from effexport.recipes.names import RECIPE_NAMES, closest
 
 if TYPE_CHECKING:
     import torch
@@ -165,19 +165,30 @@ def configure(recipe: Recipe, params: RecipeParams, img_size: int | None = None)
     return recipe.configure(recipe, params) if recipe.configure is not None else recipe
 
 
+def check_recipe_name(name: str) -> None:
+    """Refuse a name that is neither a recipe, an alias nor `timm:<model>`, without importing torch or timm.
+
+    The names come from the static index in names.py, so a typo is refused in milliseconds; a `timm:` name is
+    checked by `get_recipe`, which needs timm for it.
+    """
+    if name in RECIPE_NAMES or name.startswith(GENERIC_PREFIX):
+        return
+    if any(name in aliases for aliases in RECIPE_NAMES.values()):
+        return
+    close = closest(name)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise UsageError(f"unknown recipe {name!r}.{hint} Run 'effexport list' for all recipes, or use "
+                     f"'{GENERIC_PREFIX}<model>' for any other timm model.")
+
+
 def get_recipe(name: str) -> Recipe:
     """Resolve a recipe name, an alias (timm's own name for the same model) or `timm:<model>`."""
-    _load_families()
-    if name in _RECIPES:
-        return _RECIPES[name]
-    if name in _ALIASES:
-        return _RECIPES[_ALIASES[name]]
+    check_recipe_name(name)  # before the family modules load: they import torch and timm
     if name.startswith(GENERIC_PREFIX):
         from effexport.recipes.generic import generic_timm_recipe
 
         return generic_timm_recipe(name[len(GENERIC_PREFIX):])
-    known = list(_RECIPES) + list(_ALIASES)
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Closest: {', '.join(close)}." if close else ""
-    raise UsageError(f"unknown recipe {name!r}.{hint} Run 'effexport list' for all recipes, or use "
-                     f"'{GENERIC_PREFIX}<model>' for any other timm model.")
+    _load_families()
+    if name in _ALIASES:
+        return _RECIPES[_ALIASES[name]]
+    return _RECIPES[name]

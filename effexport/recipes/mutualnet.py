@@ -9,8 +9,9 @@ data). The export is a static network, because deployment runtimes have no notio
 - BatchNorm statistics are re-estimated for W at R on calibration images, as MutualNet does before evaluating any
   point (ComputePostBN: reset, then a cumulative average over a few batches). The images are preprocessed at R like
   deployment images (short side to R/0.875, center crop R; MutualNet crops 224 and interpolates to R, the same
-  field of view). Without --calib the built-in photographs are used, with a warning: statistics estimated on data
-  unlike the deployment data cost accuracy;
+  field of view). --calib is read by the INT8 calibration's loader: a folder of images, or a .npy/.npz of inputs
+  already preprocessed at R. Without --calib the built-in photographs are used, with a warning: statistics
+  estimated on data unlike the deployment data cost accuracy;
 - the generic rewrites then fold BatchNorm into the convolutions.
 Checkpoints: the original layout (USConv2d/USBatchNorm2d, per-width `bn.N` statistics, which are set aside since
 every point is re-estimated), or the same keys with full-width running statistics.
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -207,29 +209,32 @@ def convert_full_width(arch: Callable[[], nn.Module], width: float, sd: dict[str
     return slice_to_width(full, width).state_dict()
 
 
-def calibration_batches(images: list, pp: Preprocess) -> list[torch.Tensor]:
-    """Up to CALIB_MAX_BATCHES near-equal batches of about CALIB_BATCH preprocessed images."""
-    from effexport.exporter.inputs import preprocess_images
-
-    images = images[:CALIB_BATCH * CALIB_MAX_BATCHES]
-    x = torch.from_numpy(preprocess_images(images, pp))
+def calibration_batches(inputs: np.ndarray) -> list[torch.Tensor]:
+    """Near-equal batches of about CALIB_BATCH preprocessed inputs."""
+    x = torch.from_numpy(inputs)
     return list(torch.tensor_split(x, max(1, math.ceil(len(x) / CALIB_BATCH))))
 
 
 def reestimate_batchnorm(resolution: int, calib: Path | None, model: nn.Module) -> tuple[nn.Module, dict]:
-    from effexport.exporter.inputs import builtin_images, image_files, read_images
+    from effexport.calibration.data import BUILTIN_WARNING as INT8_BUILTIN_WARNING
+    from effexport.calibration.data import load_calibration
 
-    found = builtin_images() if calib is None else read_images(image_files(calib), Path(calib))
-    if not found.images:
-        raise UsageError(f"no readable images in {calib} for BatchNorm re-estimation")
-    batches = calibration_batches(found.images, IMAGENET.at(resolution))
+    # The loader INT8 calibration uses, so --calib means the same everywhere: a folder, or a .npy/.npz preprocessed
+    # at R (refused at any other size, never resized). No views: a mean over the given photographs is what is
+    # wanted, not extra crops of them. At most CALIB_MAX_BATCHES batches, as a seeded sample.
+    data = load_calibration(calib, IMAGENET.at(resolution), views=False, at_most=CALIB_BATCH * CALIB_MAX_BATCHES)
+    batches = calibration_batches(data.inputs)
     layers = recalibrate_batchnorm(model, batches)
     used = sum(len(b) for b in batches)
     record = {"step": "BatchNorm statistics re-estimated (reset, cumulative average)", "layers": layers,
               "resolution": resolution, "images": used, "batches": len(batches),
-              "source": "built-in photographs" if calib is None else str(calib)}
-    if calib is None:
-        record["warning"] = BUILTIN_WARNING.format(n=used)
+              "source": "built-in photographs" if calib is None else str(calib), "data_digest": data.digest()}
+    if data.skipped:
+        record["skipped"] = [{"file": f, "reason": r} for f, r in data.skipped]
+    warnings = [BUILTIN_WARNING.format(n=used)] if calib is None else []
+    warnings += [w for w in data.warnings if w != INT8_BUILTIN_WARNING]  # that one speaks of INT8 ranges
+    if warnings:
+        record["warning"] = "; ".join(warnings)
         log.info(record["warning"])  # recorded in the report; the CLI prints it
     return model, record
 

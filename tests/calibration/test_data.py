@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from effexport.calibration.data import BUILTIN_WARNING, load_calibration
 from effexport.errors import UsageError
+from effexport.recipes import Preprocess
 from tests.calibration.conftest import PP, write_corrupt, write_images
 
 
@@ -95,7 +97,8 @@ def test_arrays_npy_and_npz(tmp_path):
 
 
 @pytest.mark.parametrize("array, match", [
-    (np.zeros((4, 3, 16, 16), np.float32), "shape"),
+    (np.zeros((4, 3, 16, 16), np.float32), "preprocessed at 16x16"),
+    (np.zeros((4, 1, 32, 32), np.float32), "shape"),
     (np.zeros((4, 3, 32, 32), np.uint8), "float"),
     (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN"),
     (np.array([{"a": 1}], dtype=object), "cannot read|shape"),
@@ -110,3 +113,44 @@ def test_builtin_photographs_come_with_a_warning():
     data = load_calibration(None, PP)
     assert data.kind == "builtin" and data.count == 9 and data.skipped == []
     assert data.warnings == [BUILTIN_WARNING] and "built-in" in data.manifest()["warnings"][0]
+
+
+def test_degenerate_images_are_kept_and_named_in_warnings(tmp_path):
+    write_images(tmp_path, 3)
+    for name, size in (("dot.png", (1, 1)), ("strip.png", (900, 10)), ("tall.png", (40, 400))):
+        Image.new("RGB", size, (200, 30, 60)).save(tmp_path / name)
+    data = load_calibration(tmp_path, PP, views=False)
+    assert data.count == 6 and data.inputs.shape == (6, 3, 32, 32)  # kept, not dropped
+    tiny, extreme = data.warnings
+    assert tiny.startswith("2 calibration images are tiny (shorter side under 32 px")
+    assert "dot.png (1x1)" in tiny and "strip.png (900x10)" in tiny and "tall.png" not in tiny
+    assert extreme.startswith("2 calibration images have an extreme aspect ratio (over 8:1)")
+    assert "strip.png (900x10)" in extreme and "tall.png (40x400)" in extreme and "dot.png" not in extreme
+    assert "img00" not in tiny + extreme
+    assert data.manifest()["warnings"] == data.warnings
+
+
+def test_tiny_is_judged_against_the_crop_too(tmp_path):
+    Image.new("RGB", (48, 48)).save(tmp_path / "small.png")
+    assert load_calibration(tmp_path, PP, views=False).warnings == []  # 48 px for a 32 px crop is fine
+    big_crop = Preprocess((224, 224), crop_pct=0.875)
+    [warning] = load_calibration(tmp_path, big_crop, views=False).warnings
+    assert "1 calibration image is tiny (shorter side under 56 px, upscaled to the 224 px crop): small.png" in warning
+
+
+def test_at_most_caps_the_sample_without_asking_for_it(tmp_path, caplog):
+    write_images(tmp_path, 6)
+    capped = load_calibration(tmp_path, PP, views=False, at_most=4)
+    assert capped.count == 4 and [i.name for i in capped.items] == [i.name for i in load_calibration(
+        tmp_path, PP, size=4, views=False).items]  # the same seeded sample as --calib-size 4
+    caplog.clear()
+    assert load_calibration(tmp_path, PP, views=False, at_most=50).count == 6 and "asked for" not in caplog.text
+    assert load_calibration(tmp_path, PP, size=3, views=False, at_most=50).count == 3
+    load_calibration(tmp_path, PP, size=50, views=False)
+    assert "asked for 50 calibration images" in caplog.text  # a --calib-size the folder cannot fill is still told
+
+
+def test_an_array_at_another_size_is_refused_not_resized(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 48, 48), np.float32))
+    with pytest.raises(UsageError, match=r"preprocessed at 48x48, but the model takes 32x32 .* never resized"):
+        load_calibration(tmp_path / "x.npy", PP)

@@ -2,13 +2,22 @@
 
 import os
 import pickle
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from effexport.errors import CheckpointError
-from effexport.exporter.checkpoint import map_by_order, read_checkpoint, strict_load, unwrap
+from effexport.exporter.checkpoint import (
+    check_weights_path,
+    load_weights,
+    map_by_order,
+    read_checkpoint,
+    strict_load,
+    unwrap,
+)
 from effexport.exporter.pipeline import WeightsSpec, build_model
 from effexport.recipes import get_recipe
 
@@ -32,21 +41,105 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+class Config:
+    """A training script's own class, as found in checkpoints saved with pickle.dump."""
+
+    def __init__(self):
+        self.lr = 0.1
+
+
+def _refused_quietly(path) -> str:
+    """read_checkpoint's error message; torch's own warnings must not reach the user."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+    assert not caught, [str(w.message) for w in caught]
+    return str(info.value)
+
+
 def test_plain_pickle_file_is_refused(tmp_path):
     path = tmp_path / "legacy.pkl"
     with open(path, "wb") as f:
         pickle.dump(RunsCode(tmp_path / "pwned"), f)
-    with pytest.raises(CheckpointError):
-        read_checkpoint(path)
+    message = _refused_quietly(path)
+    assert "refused as unsafe" in message and "plain pickle" in message and "mkdir" in message
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
-def test_corrupt_files_give_one_clear_error(tmp_path, content):
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL])
+def test_plain_pickle_of_a_custom_class_is_refused_as_unsafe_not_corrupt(tmp_path, protocol):
+    path = tmp_path / "ckpt.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": torch.zeros(2)}, "config": Config()}, f, protocol=protocol)
+    message = _refused_quietly(path)
+    assert message.startswith(f"{path} was refused as unsafe: it is a plain pickle")
+    assert f"{__name__}.Config" in message and "corrupt" not in message and "\n" not in message
+
+
+def test_torch_save_of_a_custom_class_names_it(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "config": Config()}, path)
+    message = _refused_quietly(path)
+    assert "refused as unsafe" in message and f"{__name__}.Config" in message and "plain pickle" not in message
+
+
+def test_plain_pickle_without_tensors_is_refused_as_no_checkpoint(tmp_path):
+    path = tmp_path / "numbers.pkl"
+    path.write_bytes(pickle.dumps({"epoch": 3, "lr": [0.1, 0.01]}))
+    assert "plain pickle (pickle.dump, not torch.save) and holds no tensors" in _refused_quietly(path)
+
+
+@pytest.mark.parametrize("make", ["random", "truncated plain pickle", "truncated legacy torch.save"])
+def test_corrupt_files_are_still_called_corrupt(tmp_path, make):
     path = tmp_path / "bad.pth"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
-        read_checkpoint(path)
+    if make == "random":
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    elif make == "truncated plain pickle":
+        path.write_bytes(pickle.dumps({"config": Config(), "w": list(range(1000))})[:-100])
+    else:
+        torch.save({"w": torch.randn(1000)}, path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:-200])
+    message = _refused_quietly(path)
+    assert "not a readable PyTorch checkpoint (corrupt" in message and "unsafe" not in message
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", "does not exist"),
+    ("directory", r"is a directory: pass the checkpoint file itself \(it holds a.pth, b.safetensors\)$"),
+    ("empty", r"is empty \(0 bytes\)"),
+    ("unreadable", r"cannot be read \(Permission denied\): check its permissions"),
+])
+def test_check_weights_path_refuses_in_one_line(tmp_path, monkeypatch, case, match):
+    path = {"missing": tmp_path / "nope.pth", "directory": tmp_path / "run", "empty": tmp_path / "empty.pth",
+            "unreadable": tmp_path / "locked.pth"}[case]
+    if case == "directory":
+        path.mkdir()
+        for name in ("a.pth", "b.safetensors", "notes.txt"):
+            (path / name).write_bytes(b"x")
+    elif case == "empty":
+        path.touch()
+    elif case == "unreadable":
+        path.write_bytes(b"x")
+        real_open = Path.open
+
+        def denied(self, *args, **kwargs):  # chmod 000 does not stop root, which the tests may run as
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(CheckpointError, match=match) as info:
+        check_weights_path(path)
+    assert str(info.value).startswith(f"checkpoint {path} ") and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match=match):  # load_weights checks before reading anything
+        load_weights(nn.Linear(1, 1), path, get_recipe("mobilenetv3_small"))
+
+
+def test_check_weights_path_accepts_a_file_of_any_suffix(tmp_path):
+    path = tmp_path / "weights.ckpt"
+    torch.save({"w": torch.zeros(1)}, path)
+    assert check_weights_path(str(path)) == path and read_checkpoint(path)["w"].shape == (1,)
 
 
 def test_truncated_real_checkpoint(tmp_path):

@@ -8,6 +8,7 @@ from torch import nn
 from effexport.errors import UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.backends.onnxruntime import OrtRunner
+from effexport.exporter.checkpoint import randomize_batchnorm
 
 
 def _tiny():
@@ -74,3 +75,35 @@ def test_static_batch_runner_chunks_and_pads(tmp_path):
         assert runner.batch == 2
         out = runner.run(x)
     np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_simplified_old_opset_keeps_every_initializer_a_graph_input(tmp_path, opset):
+    """IR version 3 requires initializers to be graph inputs; the pipeline's order: export, simplify, save, check."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).eval()
+    randomize_batchnorm(model, seed=1)
+    raw = tmp_path / "raw.onnx"
+    onnx_stage.export_onnx(model, torch.randn(1, 3, 32, 32), raw, opset, dynamic_batch=False)
+    exported = onnx_stage.load_onnx(raw)
+    onnx_stage.eliminate_identity(exported)
+    simplified = onnx_stage.simplify(exported)
+    onnx_stage.eliminate_identity(simplified)
+    assert simplified.ir_version < 4 and onnx_stage.model_opset(simplified) == opset
+    assert {t.name for t in simplified.graph.initializer} <= {i.name for i in simplified.graph.input}
+    assert simplified.graph.input[0].name == onnx_stage.INPUT_NAME
+    onnx_stage.save_onnx(simplified, tmp_path / "model.onnx")
+    onnx_stage.check_model(tmp_path / "model.onnx")  # rejected "... in initializer but not in graph input" before
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    with OrtRunner(tmp_path / "model.onnx") as runner:
+        out = runner.run(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_restoring_initializer_inputs_leaves_newer_ir_versions_alone(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx_stage.export_onnx(_tiny(), torch.randn(1, 3, 8, 8), path, 17, dynamic_batch=False)
+    model = onnx_stage.simplify(onnx_stage.load_onnx(path))
+    assert onnx_stage.restore_initializer_inputs(model) == 0 and [i.name for i in model.graph.input] == ["input"]

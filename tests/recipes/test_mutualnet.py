@@ -1,18 +1,20 @@
 """Slimmable networks (MutualNet, US-Nets): slicing to a width, BatchNorm re-estimation, the exported static network
 against the slimmable one, checkpoints in the original layout, and choosing a point under a MAC budget."""
 
+import copy
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from effexport.errors import UsageError
 from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.inputs import BUILTIN_DIR, image_files, parity_inputs, read_images
+from effexport.exporter.inputs import BUILTIN_DIR, image_files, parity_inputs, preprocess_images, read_images
 from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs
 from effexport.recipes import RecipeParams, configure, get_recipe
@@ -26,7 +28,7 @@ from effexport.recipes._slimmable import (
     slice_to_width,
     slim_channels,
 )
-from effexport.recipes.mutualnet import IMAGENET, VARIANTS, calibration_batches
+from effexport.recipes.mutualnet import IMAGENET, VARIANTS, calibration_batches, reestimate_batchnorm
 from tests.test_cli import run
 
 TRAINED_WIDTHS = (0.35, 0.7, 1.0)  # the widths whose statistics an original checkpoint keeps as bn.0, bn.1, ...
@@ -121,7 +123,7 @@ def test_sliced_and_recalibrated_export_matches_the_slimmable_model(name, width,
     inputs, _ = parity_inputs(pp)
     with torch.no_grad():
         stale = set_width(slim, width)(torch.from_numpy(inputs)).numpy()
-    recalibrate_batchnorm(slim, calibration_batches(read_images(image_files(calib)).images, pp))
+    recalibrate_batchnorm(slim, calibration_batches(preprocess_images(read_images(image_files(calib)).images, pp)))
     with torch.no_grad():
         expected = slim(torch.from_numpy(inputs)).numpy()
     with OrtRunner(result.path) as runner:
@@ -129,6 +131,55 @@ def test_sliced_and_recalibrated_export_matches_the_slimmable_model(name, width,
     span = expected.max() - expected.min()
     assert np.abs(got - expected).max() / span < 1e-4
     assert np.abs(stale - expected).max() / span > 1e-2  # re-estimation really changed the statistics
+
+
+def _npz_of(calib, resolution: int, path):
+    """The photographs of `calib`, preprocessed at `resolution` as the recipe does, saved as a .npz."""
+    np.savez(path, input=preprocess_images(read_images(image_files(calib)).images, IMAGENET.at(resolution)))
+    return path
+
+
+def _bn_stats(model: nn.Module) -> list[torch.Tensor]:
+    return [t for m in model.modules() if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var)]
+
+
+def test_reestimation_reads_a_folder_or_an_npz_through_the_calibration_loader(tmp_path):
+    calib = _calib_dir(tmp_path)
+    npz = _npz_of(calib, 64, tmp_path / "calib.npz")
+    from_folder = slice_to_width(_slimmable(mobilenet_v2), 0.7)
+    from_npz = copy.deepcopy(from_folder)
+    stale = [t.clone() for t in _bn_stats(from_folder)]
+    _, folder_record = reestimate_batchnorm(64, calib, from_folder)
+    _, npz_record = reestimate_batchnorm(64, npz, from_npz)
+    assert folder_record["images"] == npz_record["images"] == 6 and npz_record["source"] == str(npz)
+    assert "warning" not in folder_record and "warning" not in npz_record
+    for a, b, old in zip(_bn_stats(from_folder), _bn_stats(from_npz), stale, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert not torch.equal(a, old)
+
+
+def test_reestimation_refuses_an_array_preprocessed_at_another_resolution(tmp_path):
+    npz = _npz_of(_calib_dir(tmp_path), 96, tmp_path / "calib.npz")
+    with pytest.raises(UsageError, match=r"preprocessed at 96x96, but the model takes 64x64 .*--resolution"):
+        reestimate_batchnorm(64, npz, slice_to_width(_slimmable(mobilenet_v2), 0.7))
+
+
+def test_reestimation_warns_about_degenerate_calibration_images(tmp_path):
+    calib = _calib_dir(tmp_path)
+    Image.new("RGB", (4, 4)).save(calib / "dot.png")
+    _, record = reestimate_batchnorm(64, calib, slice_to_width(_slimmable(mobilenet_v2), 0.7))
+    assert record["images"] == 7 and "dot.png (4x4)" in record["warning"]
+
+
+def test_cli_export_with_npz_calib(capsys, tmp_path):
+    npz = _npz_of(_calib_dir(tmp_path), 64, tmp_path / "c.npz")
+    args = ["onnx", "mutualnet_mobilenet_v2", "--width", "0.7", "--resolution", "64", "--out", str(tmp_path / "out")]
+    code, _, err = run([*args, "--calib", str(npz)], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "mutualnet_mobilenet_v2-w0.7-r64" / "report.json").read_text())
+    assert report["weights"]["finalized"]["source"] == str(npz) and report["weights"]["finalized"]["images"] == 6
+    code, _, err = run([*args, "--resolution", "96", "--calib", str(npz), "--force"], capsys)
+    assert code == 2 and err.startswith("error:") and "preprocessed at 64x64, but the model takes 96x96" in err
 
 
 def test_the_published_query_tables_are_the_macs_of_their_points():
