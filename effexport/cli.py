@@ -5,9 +5,11 @@ torch, timm and onnx are imported inside the commands so that `effexport --help`
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from effexport.errors import EXIT_CODES, EffexportError
+from effexport.errors import EXIT_CODES, EffexportError, ExportError
 
 app = typer.Typer(
     name="effexport",
@@ -41,7 +43,9 @@ def _console(stderr: bool) -> Console:
 console = _console(stderr=False)
 err = _console(stderr=True)
 
-OutOption = Annotated[Path, typer.Option("--out", help="Artifacts go to <out>/<recipe>/.")]
+OutOption = Annotated[Path, typer.Option("--out", help=(
+    "Output root: <out>/<model>/<artifact folder>/, where <model> is the recipe name, timm-<name> for timm:<name>, "
+    "or <recipe>-w<W>-r<R> for a slimmable point (README: Output layout)."))]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 # ---------------------------------------------------------------------------------------------- slimmable options
@@ -72,18 +76,22 @@ ToleranceOption = Annotated[list[str] | None, typer.Option(
     "--tolerance", help="Override, e.g. int8:min_top1=0.9 or fp16:min_cosine=0.9995 (repeatable).")]
 
 
-def _int8_spec(calib, method, calib_size):
-    from effexport.calibration.build import Int8Options
-    from effexport.exporter.deploy import Int8Spec
-
-    return Int8Spec(calib, Int8Options(method=method, calib_size=calib_size))
-
-
-def _recipe_params(width, resolution, budget_mflops, query_table, calib=None):
+def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None, opset=17, batch=1,
+         dynamic_batch=False, simplify=True, images=None, tolerance=None, calib=None, method="minmax", calib_size=None,
+         seed=0, openvino=None, width=None, resolution=None, budget_mflops=None, query_table=None, force=False,
+         out=Path("effexport-out")):
+    """Every command's inputs, resolved once into a Job (effexport.job) and checked before any work."""
+    from effexport.calibration.options import Int8Options
+    from effexport.job import ExportOptions, resolve_job
     from effexport.recipes import RecipeParams
 
-    return RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table,
-                        calib=calib)
+    return resolve_job(
+        name, weights=weights, pretrained=pretrained, ema=ema,
+        export=ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
+                             simplify=simplify),
+        params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table),
+        calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino),
+        images=images, tolerances=tolerance or [], out=out, force=force)
 
 
 @app.callback()
@@ -94,6 +102,13 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log eve
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
     for chatty in ("huggingface_hub", "httpx", "urllib3"):  # their retries end in our one-line error
         logging.getLogger(chatty).setLevel(logging.ERROR)
+
+
+def _warn(text: str) -> None:
+    """One warning line; the text is not markup (it names pip extras like 'effexport[eval]')."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
 
 
 @contextmanager
@@ -140,8 +155,10 @@ def info(
 ) -> None:
     """Params, MACs, input spec, preprocessing, rewrites and origin of one recipe."""
     from effexport.info import recipe_info
+    from effexport.recipes import RecipeParams
 
-    data = recipe_info(name, img_size, _recipe_params(width, resolution, budget_mflops, query_table))
+    data = recipe_info(name, img_size, RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops,
+                                                    query_table=query_table))
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -190,56 +207,53 @@ def onnx_cmd(
     ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity check.")] = None,
-    max_rel: Annotated[float | None, typer.Option(help="FP32 parity tolerance (of the logit range).")] = None,
+    tolerance: ToleranceOption = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
     out: OutOption = Path("effexport-out"),
     int8: Annotated[bool, typer.Option("--int8", help="Also build the INT8 forms ('effexport calibrate').")] = False,
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images (a folder, or a .npy/.npz of preprocessed inputs): BatchNorm "
                         "re-estimation of slimmable recipes, INT8 calibration with --int8.")] = None,
+    method: MethodOption = "minmax",
+    calib_size: CalibSizeOption = None,
     width: WidthOption = None,
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
 ) -> None:
-    """Export a recipe to ONNX, check and simplify it, and verify it against PyTorch in ONNX Runtime."""
-    from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
+    """Export a recipe to ONNX, check and simplify it, and verify it against PyTorch in ONNX Runtime.
+    Writes <out>/<model>/onnx-<b1|bN|dynamic>[-<img>px][-opset<N>]/model.onnx (see README, Output layout)."""
+    job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, batch=batch,
+               dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
+               method=method, calib_size=calib_size, width=width, resolution=resolution, budget_mflops=budget_mflops,
+               query_table=query_table, force=force, out=out)
+    from effexport.exporter.pipeline import export_recipe
 
-    if dynamic_batch and batch != 1:
-        raise typer.BadParameter("--batch and --dynamic-batch exclude each other")
-    spec = WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema)
-    options = OnnxOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                          simplify=simplify, images=images, max_rel=max_rel, force=force, calib=calib,
-                          width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table)
     with _status(f"exporting {name}") as progress:
-        result = export_recipe(name, spec, options, out, progress)
+        result = export_recipe(job, progress)
     _print_export(result)
     if int8:
-        _int8_after_export(name, spec, options, out)
+        _calibrate(job, enforce=None)
 
 
 def _print_export(result) -> None:
     report = result.report
     parity = report["parity"]["onnxruntime"]
-    weights = report["weights"]
-    if weights["source"] == "random":
-        err.print(f"[yellow]warning:[/] {weights['note']}")
-    if weights.get("finalized", {}).get("warning"):
-        err.print(f"[yellow]warning:[/] {weights['finalized']['warning']}")
+    _warn_random(report["weights"])
     counts = report["node_counts"]
     ops = ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
     state = "reused" if result.reused else "wrote"
-    console.print(f"{state} {result.path} (opset {report['opset']}, {sum(counts.values())} nodes: {ops})")
+    console.print(f"{state} {result.path} (opset {report['opset']}, {sum(counts.values())} nodes: {ops})", markup=False)
     console.print(f"parity vs PyTorch FP32 in ONNX Runtime: [green]passed[/] - max abs {parity['max_abs']:.2e}, "
                   f"rel {parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 "
                   f"{parity['top1_agreement']:.0%}, top-5 {parity['top5_agreement']:.0%} "
                   f"over {parity['samples']} inputs")
-    console.print(f"report: {result.report_path}")
+    console.print(f"report: {result.report_path}", markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- backends
 # effexport backends / openvino / trt / verify / bench: the backend artifacts of one recipe, built from the
-# shared verified (dynamic-batch) ONNX in <out>/<recipe>/ and checked against PyTorch.
+# shared verified (dynamic-batch) ONNX in <out>/<model>/onnx-dynamic/ and checked against PyTorch.
 
 WeightsOption = Annotated[Path | None, typer.Option("--weights", help="Checkpoint (.pth/.pt/.safetensors).")]
 PretrainedOption = Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")]
@@ -250,26 +264,7 @@ ImagesOption = Annotated[Path | None, typer.Option("--images", help="Folder of p
 ForceOption = Annotated[bool, typer.Option("--force", help="Build again even if nothing changed.")]
 
 
-def _source(weights, pretrained, ema, img_size, opset, width=None, resolution=None, budget_mflops=None,
-            query_table=None, calib=None):
-    from effexport.exporter.deploy import SourceSpec
-    from effexport.exporter.pipeline import WeightsSpec
-
-    return SourceSpec(WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema), opset=opset, img_size=img_size,
-                      params=_recipe_params(width, resolution, budget_mflops, query_table, calib))
-
-
-def _tolerance(precision: str, max_rel: float | None, items: list[str]):
-    """The policy for `precision` with `--tolerance` overrides; `--max-rel` sets its relative-error bound."""
-    from dataclasses import replace
-
-    from effexport.exporter.parity import tolerance_for
-
-    chosen = _parse_tolerances(None, items).get(precision) or tolerance_for(precision)
-    return chosen if max_rel is None else replace(chosen, max_rel=max_rel)
-
-
-BACKEND_OPSET = 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch at --help
+BACKEND_OPSET = 17  # effexport.job.DEFAULT_OPSET, without importing torch at --help
 
 
 @app.command("backends")
@@ -307,7 +302,6 @@ def openvino_cmd(
     calib_size: CalibSizeOption = None,
     device: Annotated[str, typer.Option(help="OpenVINO device for the parity check.")] = "CPU",
     images: ImagesOption = None,
-    max_rel: Annotated[float | None, typer.Option(help="FP32 tolerance (of the logit range).")] = None,
     tolerance: ToleranceOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
@@ -322,19 +316,20 @@ def openvino_cmd(
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Convert the verified ONNX to OpenVINO IR (model.xml/.bin), or take the NNCF INT8 model of the recipe's
-    calibration, and verify it against PyTorch."""
+    calibration, and verify it against PyTorch. Writes <out>/<model>/openvino-<precision>/."""
     from effexport.exporter.backends import get_backend
 
     precision = _int8_precision(precision, int8, ("fp32", "fp16", "int8"))
+    job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
+               tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out)
     get_backend("openvino").ensure_available("effexport openvino")
     from effexport.exporter.backends.openvino import OvOptions
     from effexport.exporter.deploy import ensure_artifact, open_context
 
-    tol = _tolerance(precision, max_rel, tolerance or [])
-    source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table, calib)
     with _status(f"building OpenVINO {precision} for {name}") as progress:
-        ctx = open_context(name, source, out, images, progress, _int8_spec(calib, method, calib_size))
-        artifact = ensure_artifact(ctx, "openvino", precision, OvOptions(device), tol, force)
+        ctx = open_context(job, progress)
+        artifact = ensure_artifact(ctx, "openvino", precision, OvOptions(device))
     _print_artifact(artifact, ctx)
 
 
@@ -357,7 +352,7 @@ def trt_cmd(
     max_batch: Annotated[int | None, typer.Option(help="Dynamic batch profile: largest batch.")] = None,
     workspace: Annotated[float | None, typer.Option(help="Builder workspace limit in GB.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file (default: "
-                                                              "<out>/<recipe>/tensorrt-timing.cache).")] = None,
+                                                              "<out>/<model>/tensorrt-timing.cache).")] = None,
     hardware_compat: Annotated[str, typer.Option(help="same (this GPU) or ampere+ (any Ampere or newer GPU).")]
     = "same",
     version_compatible: Annotated[bool, typer.Option("--version-compatible",
@@ -393,27 +388,30 @@ def trt_cmd(
     options = TrtOptions.from_batches(batch, min_batch, opt_batch, max_batch, workspace_gb=workspace,
                                       timing_cache=timing_cache, hardware_compat=hardware_compat,
                                       version_compatible=version_compatible, fp16_builder_flag=fp16_builder_flag)
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
+               tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out)
     get_backend("tensorrt").ensure_available("effexport trt")  # one line, before any export, calibration or build
     from effexport.exporter.deploy import ensure_artifact, open_context
 
-    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-    tol = _tolerance(precision, None, tolerance or [])
-    source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table, calib)
     with _status(f"building TensorRT {precision} for {name}") as progress:
-        ctx = open_context(name, source, out, images, progress, _int8_spec(calib, method, calib_size))
-        artifact = ensure_artifact(ctx, "tensorrt", precision, options, tol, force=force)
+        ctx = open_context(job, progress)
+        artifact = ensure_artifact(ctx, "tensorrt", precision, options)
     _print_artifact(artifact, ctx)
 
 
 def _warn_random(weights: dict | None) -> None:
     """Random weights, and a slimmable recipe's BatchNorm statistics estimated on the built-in photographs."""
     if weights and weights.get("source") == "random":
-        err.print(f"[yellow]warning:[/] {weights['note']}")
+        _warn(weights["note"])
     if weights and (weights.get("finalized") or {}).get("warning"):
-        err.print(f"[yellow]warning:[/] {weights['finalized']['warning']}")
+        _warn(weights["finalized"]["warning"])
 
 
 def _print_artifact(artifact, ctx=None) -> None:
+    from rich.markup import escape
+
     report = artifact.report
     _warn_random(report.get("weights"))
     parity = report["parity"]
@@ -422,29 +420,30 @@ def _print_artifact(artifact, ctx=None) -> None:
     state = "reused" if artifact.reused else "wrote"
     if artifact.precision == "int8" and ctx is not None:
         _print_int8_source(ctx.int8_build(), report["int8"]["form"])
-    console.print(f"{state} {artifact.path} ({artifact.backend} {artifact.precision}, executes {runs} on "
-                  f"{execution.get('device_name') or execution.get('device') or artifact.availability.device})")
+    device = execution.get("device_name") or execution.get("device") or artifact.availability.device
+    console.print(f"{state} {artifact.path} ({artifact.backend} {artifact.precision}, executes {runs} on {device})",
+                  markup=False)
     verdict = "[green]passed[/]" if parity["passed"] else "[yellow]outside the tolerance, not enforced[/]"
     console.print(f"parity vs PyTorch FP32: {verdict} - max abs {parity['max_abs']:.2e}, rel "
                   f"{parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 {parity['top1_agreement']:.0%},"
-                  f" top-5 {parity['top5_agreement']:.0%} over {parity['samples']} inputs: {parity['inputs']} "
-                  f"(tolerance: {_describe_tolerance(parity['tolerance'])})")
+                  f" top-5 {parity['top5_agreement']:.0%} over {parity['samples']} inputs: "
+                  f"{escape(parity['inputs'])} (tolerance: {_describe_tolerance(parity['tolerance'])})")
     if parity.get("enforced") is False:
         err.print(f"[bold red]{parity['note']}[/]", highlight=False)
-    console.print(f"report: {artifact.folder / 'report.json'}")
+    console.print(f"report: {artifact.folder / 'report.json'}", markup=False)
 
 
 def _print_int8_source(result, form: str | None = None) -> None:
     """Where INT8 artifacts came from: the calibration, its data and what it kept in float."""
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        _warn(warning)
     manifest = result.manifest
     data = manifest["data"]
     source = "built-in photographs" if data["kind"] == "builtin" else data["source"]
     console.print(f"INT8 from the calibration {result.manifest_path} ({'reused' if result.reused else 'built'}): "
                   + (f"{form} form, " if form else "") + f"{manifest['method']} over {data['inputs']} inputs from "
                   f"{data['count']} images ({source}), {len(manifest['keep_float'])} layers kept in float",
-                  highlight=False)
+                  highlight=False, markup=False)
     if data["skipped"]:
         names = ", ".join(s["file"] for s in data["skipped"])
         err.print(f"[yellow]skipped {len(data['skipped'])} unreadable file(s):[/] {names}")
@@ -454,28 +453,6 @@ def _describe_tolerance(tol) -> str:
     from effexport.exporter.parity import Tolerance
 
     return (tol if isinstance(tol, Tolerance) else Tolerance(**tol)).describe()
-
-
-def _parse_tolerances(max_rel: float | None, items: list[str]) -> dict:
-    """`--max-rel X` (fp32) and `--tolerance PRECISION:KEY=VALUE` (repeatable) -> {precision: Tolerance}."""
-    from dataclasses import replace
-
-    from effexport.errors import UsageError
-    from effexport.exporter.parity import POLICY, tolerance_for
-
-    out = {"fp32": tolerance_for("fp32", max_rel=max_rel)} if max_rel is not None else {}
-    for item in items:
-        try:
-            precision, setting = item.split(":", 1)
-            key, value = setting.split("=", 1)
-            base = out.get(precision) or tolerance_for(precision)
-            if key not in ("max_rel", "min_cosine", "min_top1"):
-                raise ValueError
-            out[precision] = replace(base, **{key: float(value)})
-        except ValueError:
-            raise UsageError(f"--tolerance takes PRECISION:KEY=VALUE with PRECISION one of {', '.join(POLICY)} and "
-                             f"KEY one of max_rel, min_cosine, min_top1; got {item!r}") from None
-    return out
 
 
 def _available_backends() -> str:
@@ -492,7 +469,6 @@ def verify_cmd(
     precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, bf16, int8 (each backend "
                                                 "runs its own INT8 form of one calibration).")] = "fp32",
     images: ImagesOption = None,
-    max_rel: Annotated[float | None, typer.Option(help="FP32 tolerance (of the logit range).")] = None,
     tolerance: ToleranceOption = None,
     calib: CalibOption = None,
     method: MethodOption = "minmax",
@@ -509,21 +485,22 @@ def verify_cmd(
     query_table: QueryTableOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
-    """Run every backend and precision on the same inputs and compare with PyTorch FP32 in one table."""
+    """Run every backend and precision on the same inputs and compare with PyTorch FP32 in one table. Uses the
+    artifacts already built when they match (a TensorRT engine with your batch profile), else builds them."""
     from effexport.errors import ParityError
     from effexport.exporter.backends import BACKENDS, parse_list
     from effexport.exporter.parity import POLICY
 
     chosen = parse_list(backends or _available_backends(), BACKENDS, "backend")
     precisions = parse_list(precision, POLICY, "precision")
-    tolerances = _parse_tolerances(max_rel, tolerance or [])
+    job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
+               tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out)
     from effexport.exporter.backends.openvino import OvOptions
     from effexport.exporter.verify import verify_recipe
 
-    source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table, calib)
     with _status(f"verifying {name}") as progress:
-        result = verify_recipe(name, chosen, precisions, source, images, tolerances, out,
-                               {"openvino": OvOptions(device)}, progress, _int8_spec(calib, method, calib_size))
+        result = verify_recipe(job, chosen, precisions, {"openvino": OvOptions(device)}, progress)
     _warn_random(result.weights)
     if result.int8 is not None:
         _print_int8_source(result.int8)
@@ -560,10 +537,10 @@ def _print_verify(result) -> None:
         table.add_row(r.backend, precision, *cells, f"[{colour}]{status}[/]")
     console.print(table)
     used = dict.fromkeys(r.precision for r in compared)
-    console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used))
+    console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used), markup=False)
     if len(groups) > 1:
         for inputs, precisions in groups.items():
-            console.print(f"{', '.join(precisions)} compared over {inputs}", highlight=False)
+            console.print(f"{', '.join(precisions)} compared over {inputs}", highlight=False, markup=False)
     for r in result.rows:
         if r.status == "error":
             err.print(f"[red]{r.backend} {r.precision}:[/] {escape(r.note)}", highlight=False, soft_wrap=True)
@@ -572,7 +549,7 @@ def _print_verify(result) -> None:
         from effexport.calibration.build import RANDOM_NOTE
 
         err.print(f"[bold red]{RANDOM_NOTE}[/]", highlight=False)
-    console.print(f"table: {result.path}")
+    console.print(f"table: {result.path}", markup=False)
 
 
 @app.command("bench")
@@ -612,9 +589,12 @@ def bench_cmd(
     batches = parse_batches(batch)
     precisions = tuple(parse_list(precision, POLICY, "precision"))
     config = BenchConfig(iters=iters, max_warmup=max_warmup, min_warmup=min(5, max_warmup))
-    check_backends(chosen)
     if threads is not None and threads < 1:
         raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
+    job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset,
+               tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out)
+    check_backends(chosen)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -628,11 +608,8 @@ def bench_cmd(
         def timed(label: str, done: int, total: int) -> None:
             bar.update(task, description=f"timing {label}", completed=done, total=total)
 
-        source = _source(weights, pretrained, ema, img_size, opset, width, resolution, budget_mflops, query_table,
-                         calib)
-        result = bench_recipe(name, chosen, batches, precisions, threads, config, source, out, chart=chart,
-                              progress=stage, on_run=timed, int8=_int8_spec(calib, method, calib_size),
-                              tolerances=_parse_tolerances(None, tolerance or []))
+        result = bench_recipe(job, chosen, batches, precisions, threads, config, chart=chart, progress=stage,
+                              on_run=timed)
     _print_bench(result)
 
 
@@ -654,8 +631,9 @@ def _print_bench(result) -> None:
                       f"{s.p99 * 1e3:.1f}", f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-")
     console.print(table)
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    console.print(f"{versions}; CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}")
-    console.print(f"results: {result.json_path}" + (f", chart: {result.chart_path}" if result.chart_path else ""))
+    console.print(f"{versions}; CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}", markup=False)
+    console.print(f"results: {result.json_path}" + (f", chart: {result.chart_path}" if result.chart_path else ""),
+                  markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- end of backends
@@ -676,10 +654,9 @@ def calibrate(
     pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's pretrained weights (network).")] = False,
     ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
     img_size: Annotated[int | None, typer.Option(help="Export resolution (default: the recipe's).")] = None,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
+    opset: OpsetOption = BACKEND_OPSET,
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity checks.")] = None,
-    min_cosine: Annotated[float | None, typer.Option(help="INT8 tolerance: smallest cosine (default 0.99).")] = None,
-    min_top1: Annotated[float | None, typer.Option(help="INT8 tolerance: top-1 agreement (default 0.95).")] = None,
+    tolerance: ToleranceOption = None,
     force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
     = False,
     width: WidthOption = None,
@@ -688,28 +665,21 @@ def calibrate(
     query_table: QueryTableOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
-    """Calibrate a recipe's verified ONNX and build its INT8 forms: QDQ ONNX for TensorRT, an ONNX
-    Runtime CPU form, and an NNCF OpenVINO model; writes calibration.json beside them."""
-    from effexport.calibration.build import Int8Options, build_int8
-    from effexport.exporter.pipeline import OnnxOptions, WeightsSpec
-
-    spec = WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema)
-    options = Int8Options(method=method, calib_size=calib_size, seed=seed, openvino=openvino, min_cosine=min_cosine,
-                          min_top1=min_top1, force=force)
-    with _status(f"calibrating {name}") as progress:
-        result = build_int8(name, calib, options, out, spec,
-                            OnnxOptions(img_size=img_size, dynamic_batch=dynamic_batch, images=images, calib=calib,
-                                        width=width, resolution=resolution, budget_mflops=budget_mflops,
-                                        query_table=query_table), progress)
-    _print_int8(result)
+    """Calibrate a recipe's verified dynamic-batch ONNX and build its INT8 forms: QDQ ONNX for TensorRT, an ONNX
+    Runtime CPU form, and an NNCF OpenVINO model, with calibration.json, in <out>/<model>/int8-<method>/."""
+    job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
+               tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
+               width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force,
+               out=out)
+    _calibrate(job, enforce=None)
 
 
-def _int8_after_export(name: str, spec, onnx_options, out: Path) -> None:
-    from effexport.calibration.build import build_int8
+def _calibrate(job, enforce) -> None:
+    """Every INT8 form of the job's one calibration, from the dynamic-batch export every backend shares."""
+    from effexport.exporter.deploy import open_context
 
-    with _status(f"calibrating {name}") as progress:
-        result = build_int8(name, onnx_options.calib, out=out, weights=spec, onnx_options=onnx_options,
-                            progress=progress)
+    with _status(f"calibrating {job.name}") as progress:
+        result = open_context(job, progress).int8_build(enforce=enforce)
     _print_int8(result)
 
 
@@ -717,13 +687,13 @@ def _print_int8(result) -> None:
     manifest = result.manifest
     data = manifest["data"]
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        _warn(warning)
     if manifest.get("parity_note"):
         err.print(f"[bold red]{manifest['parity_note']}[/]", highlight=False)
     source = "built-in photographs" if data["kind"] == "builtin" else data["source"]
     console.print(f"calibration: {data['inputs']} inputs ({data['views_per_image']} per image) from {data['count']} "
                   f"images ({source}), method {manifest['method']}; cache "
-                  f"{manifest['cache']['file']} ({'reused' if result.cache_reused else 'written'})")
+                  f"{manifest['cache']['file']} ({'reused' if result.cache_reused else 'written'})", markup=False)
     if data["skipped"]:
         names = ", ".join(s["file"] for s in data["skipped"])
         err.print(f"[yellow]skipped {len(data['skipped'])} unreadable file(s):[/] {names}")
@@ -740,37 +710,72 @@ def _print_int8(result) -> None:
     console.print(table)
     photos = manifest["parity_inputs"]
     console.print(f"INT8 tolerance {manifest['tolerance']} vs the FP32 model on {photos['description']}",
-                  highlight=False)
+                  highlight=False, markup=False)
     if not photos["held_out"]:
         err.print("[yellow]warning:[/] INT8 parity was measured on the calibration photographs themselves")
-    console.print(f"weights: {manifest['cpu']['why']}", highlight=False)
+    console.print(f"weights: {manifest['cpu']['why']}", highlight=False, markup=False)
     check = manifest["qdq_check"]
     console.print(f"QDQ form check (TensorRT rules): {'passed' if check['passed'] else 'FAILED'} - "
                   f"{check['activation_quantizers']} activation quantizers per-tensor, zero points 0, "
-                  f"{check['weight_quantizers']} weights per output channel")
+                  f"{check['weight_quantizers']} weights per output channel", markup=False)
     by_reason: dict[str, list[str]] = {}
     for layer in manifest["keep_float"]:
         by_reason.setdefault(layer["reason"], []).append(layer["node"])
     for reason, nodes in by_reason.items():
         shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
-        console.print(f"kept in float ({len(nodes)}): {shown} - {reason}", highlight=False)
-    console.print(f"manifest: {result.manifest_path}")
+        console.print(f"kept in float ({len(nodes)}): {shown} - {reason}", highlight=False, markup=False)
+    console.print(f"manifest: {result.manifest_path}", markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM (timeout, CI cancellation, docker stop). Raised by our own handlers rather than left to
+    KeyboardInterrupt, which the command-line framework turns into a bare exit before we could say anything; a
+    BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it, while every `with` block on
+    the way out (staging folders, locks) still cleans up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
+# Errors of the machine, not of effexport: one line and exit 5 (the artifact could not be produced), no traceback.
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EFBIG: "file too large", errno.EACCES: "permission denied"}
+
+
 def main() -> None:
+    """The console entry point: documented exit codes for every error effexport raises on purpose."""
+    from rich.markup import escape  # messages name pip extras like 'effexport[openvino]'
+
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app()
     except EffexportError as exc:
-        from rich.markup import escape  # messages name pip extras like 'effexport[openvino]'
-
         err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/]: nothing half-written was left behind")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        err.print(f"[red]{word}[/]: stopped; nothing half-written was left behind and every verified artifact is as "
+                  f"it was", highlight=False)
+        sys.exit(128 + signum)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/] {DISK_ERRNOS[exc.errno]}{escape(where)}; free space or choose another --out "
+                  f"(nothing half-written was left behind)", highlight=False, soft_wrap=True)
+        sys.exit(ExportError.exit_code)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

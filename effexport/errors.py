@@ -4,9 +4,13 @@ from __future__ import annotations
 
 
 class EffexportError(Exception):
-    """Base of every error effexport raises on purpose."""
+    """Base of every error effexport raises on purpose. `report`: the report file that holds the details."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, report=None):
+        super().__init__(message)
+        self.report = report
 
 
 class UsageError(EffexportError):

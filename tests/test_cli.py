@@ -75,17 +75,18 @@ def test_list_and_info(capsys):
 def test_onnx_rexnet_opset17_then_reuse(capsys, tmp_path):
     code, out, _ = run(["onnx", "rexnet_1.0", "--opset", "17", "--out", str(tmp_path)], capsys)
     assert code == 0, out
-    model = onnx.load(str(tmp_path / "rexnet_1.0" / "model.onnx"))
+    model = onnx.load(str(tmp_path / "rexnet_1.0" / "onnx-b1" / "model.onnx"))
     assert model.opset_import[0].version == 17
-    report = json.loads((tmp_path / "rexnet_1.0" / "report.json").read_text())
+    report = json.loads((tmp_path / "rexnet_1.0" / "onnx-b1" / "report.json").read_text())
     assert report["weights"]["source"] == "random" and "RANDOM weights" in report["weights"]["note"]
     code, out, _ = run(["onnx", "rexnet_1.0", "--opset", "17", "--out", str(tmp_path)], capsys)
     assert code == 0 and "reused" in out
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [".lock"]  # the lock file of the model folder, empty once released
 
 
 def test_onnx_with_a_checkpoint_the_test_writes(capsys, tmp_path):
-    from effexport.exporter.pipeline import WeightsSpec, build_model
+    from effexport.exporter.pipeline import build_model
+    from effexport.job import WeightsSpec
     from effexport.recipes import get_recipe
 
     model, _ = build_model(get_recipe("mobilenetv3_large"), WeightsSpec())
@@ -94,7 +95,7 @@ def test_onnx_with_a_checkpoint_the_test_writes(capsys, tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 9}, ckpt)
     code, out, err = run(["onnx", "mobilenetv3_large", "--weights", str(ckpt), "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
-    report = json.loads((tmp_path / "o" / "mobilenetv3_large" / "report.json").read_text())
+    report = json.loads((tmp_path / "o" / "mobilenetv3_large" / "onnx-b1" / "report.json").read_text())
     assert report["weights"]["source"] == "file" and len(report["weights"]["sha256"]) == 64
     assert report["parity"]["onnxruntime"]["passed"]
     assert not {"BatchNormalization", "Identity"} & set(report["node_counts"])
@@ -119,26 +120,28 @@ def test_bad_checkpoints_exit_2_and_write_nothing(capsys, tmp_path, kind):
 
 
 def test_parity_failure_exits_3_and_still_writes_the_report(capsys, tmp_path):
-    code, _, err = run(["onnx", "mobilenetv3_small", "--max-rel", "0", "--out", str(tmp_path)], capsys)
-    assert code == 3 and "differs from PyTorch" in err
-    folder = tmp_path / "mobilenetv3_small"
-    report = json.loads((folder / "report.json").read_text())
+    code, _, err = run(["onnx", "mobilenetv3_small", "--img-size", "64", "--tolerance", "fp32:max_rel=0", "--out",
+                        str(tmp_path)], capsys)
+    assert code == 3 and "differs from PyTorch" in err and "rejected build" in err
+    folder = tmp_path / "mobilenetv3_small" / "onnx-b1-64px"
+    report = json.loads((folder / "rejected" / "report.json").read_text())
     assert report["status"] == "failed" and not report["parity"]["onnxruntime"]["passed"]
-    assert not (folder / "model.onnx").exists() and (folder / "model.rejected.onnx").exists()
-    assert _leftovers(tmp_path) == []
+    assert not (folder / "model.onnx").exists() and (folder / "rejected" / "model.onnx").exists()
+    assert [p.name for p in folder.iterdir() if p.name != ".lock"] == ["rejected"]
+    assert _leftovers(tmp_path) == [".lock"]
 
 
 def test_tresnet_m_export(capsys, tmp_path):
     code, out, err = run(["onnx", "tresnet_m", "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    report = json.loads((tmp_path / "tresnet_m" / "report.json").read_text())
+    report = json.loads((tmp_path / "tresnet_m" / "onnx-b1" / "report.json").read_text())
     assert report["node_counts"]["SpaceToDepth"] == 1
 
 
 def test_efficientnet_b3_dynamic_batch(capsys, tmp_path):
     code, out, err = run(["onnx", "efficientnet_b3", "--dynamic-batch", "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    report = json.loads((tmp_path / "efficientnet_b3" / "report.json").read_text())
+    report = json.loads((tmp_path / "efficientnet_b3" / "onnx-dynamic" / "report.json").read_text())
     assert report["inputs"][0]["shape"] == ["batch", 3, 300, 300]
     assert report["parity"]["onnxruntime"]["samples"] == 17  # the batch, and batch 1 again
 

@@ -25,19 +25,20 @@ def test_backends_lists_every_backend(capsys):
 def test_openvino_shares_the_onnx_export_and_reuses(capsys, tmp_path):
     code, out, err = run(["onnx", RECIPE, "--dynamic-batch", *SMALL, "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    onnx_file = tmp_path / RECIPE / "model.onnx"
+    onnx_file = tmp_path / RECIPE / "onnx-dynamic-64px" / "model.onnx"
     stamp = onnx_file.stat().st_mtime_ns
     code, out, err = run(["openvino", RECIPE, *SMALL, "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    assert "wrote" in out and "openvino-fp32" in out and "passed" in out and "RANDOM weights" in err
+    assert "wrote" in out and "openvino-fp32-64px" in out and "passed" in out and "RANDOM weights" in err
     assert onnx_file.stat().st_mtime_ns == stamp  # the verified export was reused, not redone
-    report = json.loads((tmp_path / RECIPE / "openvino-fp32" / "report.json").read_text())
-    assert report["execution"]["execution_precision"] == "fp32" and report["source_onnx"]["file"] == "model.onnx"
+    report = json.loads((tmp_path / RECIPE / "openvino-fp32-64px" / "report.json").read_text())
+    assert report["execution"]["execution_precision"] == "fp32"
+    assert report["source_onnx"]["file"] == "onnx-dynamic-64px/model.onnx"
     code, out, _ = run(["openvino", RECIPE, *SMALL, "--out", str(tmp_path)], capsys)
     assert code == 0 and out.startswith("reused")
     code, out, err = run(["openvino", RECIPE, *SMALL, "--precision", "fp16", "--out", str(tmp_path)], capsys)
     assert code == 0 and "openvino fp16" in " ".join(out.split()), err  # rich wraps long lines
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [".lock"]
 
 
 def test_openvino_rejects_other_precisions(capsys, tmp_path):
@@ -54,15 +55,15 @@ def test_verify_table_json_and_exit_codes(capsys, tmp_path):
     code, out, err = run([*args, "--precision", "fp32,fp16"], capsys)
     assert code == 0, err
     assert "parity with PyTorch FP32" in " ".join(out.split()) and out.count("passed") == 4
-    table = json.loads((tmp_path / RECIPE / "verify.json").read_text())
+    table = json.loads((tmp_path / RECIPE / "verify-64px.json").read_text())
     assert table["passed"] and [(r["backend"], r["precision"], r["status"]) for r in table["rows"]] == [
         ("onnxruntime", "fp32", "passed"), ("onnxruntime", "fp16", "passed"), ("openvino", "fp32", "passed"),
         ("openvino", "fp16", "passed")]
     assert table["policy"]["fp32"] == {"max_rel": 1e-4}
 
-    code, out, err = run([*args, "--max-rel", "1e-12"], capsys)
+    code, out, err = run([*args, "--tolerance", "fp32:max_rel=1e-12"], capsys)
     assert code == 3 and "2 of 2 checks failed" in err and "relative error" in err
-    table = json.loads((tmp_path / RECIPE / "verify.json").read_text())
+    table = json.loads((tmp_path / RECIPE / "verify-64px.json").read_text())
     assert not table["passed"] and {r["status"] for r in table["rows"]} == {"failed"}
     assert table["rows"][0]["parity"]["max_rel"] > 1e-12
 
@@ -114,7 +115,7 @@ def test_bench_writes_table_json_and_chart(capsys, tmp_path):
     assert code == 0, err
     flat = " ".join(out.split())  # rich wraps long lines
     assert "latency in ms" in flat and "p99" in flat and "vs torch" in flat and "1.00x" in flat
-    data = json.loads((tmp_path / RECIPE / "bench.json").read_text())
+    data = json.loads((tmp_path / RECIPE / "bench-64px.json").read_text())
     rows = [(r["backend"], r["batch"]) for r in data["results"]]
     assert rows == [("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2), ("openvino", 1),
                     ("openvino", 2)]
@@ -123,8 +124,8 @@ def test_bench_writes_table_json_and_chart(capsys, tmp_path):
     machine = data["machine"]
     assert machine["threads"] >= 1 and machine["cpu"] and {"torch", "onnxruntime", "openvino"} <= set(
         machine["versions"])
-    assert (tmp_path / RECIPE / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert _leftovers(tmp_path) == []
+    assert (tmp_path / RECIPE / "bench-64px.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _leftovers(tmp_path) == [".lock"]
 
 
 def test_bench_rejects_unknown_backends(capsys, tmp_path):

@@ -25,7 +25,7 @@ def test_calibrate_builds_reports_skips_and_reuses(capsys, out, calib):
             "--out", str(out)]
     code, stdout, err = run(args, capsys)
     assert code == 0, err
-    folder = out / RECIPE
+    folder = out / RECIPE / "int8-minmax-n4-seed0-64px"
     manifest = json.loads((folder / "calibration.json").read_text())
     assert (folder / "model_int8_qdq.onnx").is_file() and (folder / "model_int8_ort_cpu.onnx").is_file()
     assert manifest["data"]["count"] == 4 and manifest["method"] == "minmax"
@@ -37,14 +37,14 @@ def test_calibrate_builds_reports_skips_and_reuses(capsys, out, calib):
         assert name in err
     code, stdout, err = run(args, capsys)
     assert code == 0 and "reused" in stdout
-    assert _leftovers(out) == []
+    assert _leftovers(out) == [".lock"]
 
 
 def test_onnx_int8_uses_the_same_library(capsys, out, calib):
     code, stdout, err = run(["onnx", RECIPE, "--img-size", "64", "--int8", "--calib", str(calib), "--out", str(out)],
                             capsys)
     assert code == 0, err
-    manifest = json.loads((out / RECIPE / "calibration.json").read_text())
+    manifest = json.loads((out / RECIPE / "int8-minmax-64px" / "calibration.json").read_text())
     assert manifest["data"]["count"] == 6 and manifest["data"]["source"] == str(calib)
     assert "parity vs PyTorch FP32" in " ".join(stdout.split()) and "INT8 forms" in stdout
 
@@ -79,14 +79,14 @@ def test_openvino_int8_builds_reports_and_reuses(capsys, deploy_out, calib):
     code, stdout, err = run(args, capsys)
     assert code == 0, err
     flat = " ".join(stdout.split())
-    assert "openvino-int8/model.xml (openvino int8, executes int8" in flat and "held-out photographs" in flat
+    assert "openvino-int8-64px/model.xml (openvino int8, executes int8" in flat and "held-out photographs" in flat
     assert "INT8 from the calibration" in flat and "openvino form" in flat
     assert "INT8 PARITY NOT ENFORCED" in err and "skipped 2 unreadable file(s)" in err
-    report = json.loads((deploy_out / RECIPE / "openvino-int8" / "report.json").read_text())
+    report = json.loads((deploy_out / RECIPE / "openvino-int8-64px" / "report.json").read_text())
     assert report["status"] == "passed" and report["parity"]["enforced"] is False
     code, stdout, _ = run(args, capsys)
     assert code == 0 and stdout.startswith("INT8 from the calibration") and "reused" in stdout
-    assert _leftovers(deploy_out) == []
+    assert _leftovers(deploy_out) == [".lock"]
 
 
 @pytest.mark.openvino
@@ -96,10 +96,10 @@ def test_verify_int8_runs_each_backends_form_in_one_table(capsys, deploy_out, ca
             str(calib), "--out", str(deploy_out)]
     code, stdout, err = run(args, capsys)
     assert code == 0, err
-    table = json.loads((deploy_out / RECIPE / "verify.json").read_text())
+    table = json.loads((deploy_out / RECIPE / "verify-64px.json").read_text())
     rows = {(r["backend"], r["precision"]): r for r in table["rows"]}
-    assert rows["onnxruntime", "int8"]["artifact"].endswith("onnxruntime-int8/model.onnx")
-    assert rows["openvino", "int8"]["artifact"].endswith("openvino-int8/model.xml")
+    assert rows["onnxruntime", "int8"]["artifact"].endswith("onnxruntime-int8-64px/model.onnx")
+    assert rows["openvino", "int8"]["artifact"].endswith("openvino-int8-64px/model.xml")
     assert rows["onnxruntime", "int8"]["parity"]["samples"] == 72 and rows["onnxruntime", "fp32"]["parity"][
         "samples"] == 16
     assert table["policy"]["int8"] == {"min_cosine": 0.99, "min_top1": 0.95} and table["int8_calibration"]
@@ -108,14 +108,15 @@ def test_verify_int8_runs_each_backends_form_in_one_table(capsys, deploy_out, ca
     # random weights: outside an impossible tolerance is reported, not a failure
     code, _, err = run([*args, "--precision", "int8", "--tolerance", "int8:min_cosine=1.5"], capsys)
     assert code == 0 and "NOT ENFORCED" in err
-    assert {r["status"] for r in json.loads((deploy_out / RECIPE / "verify.json").read_text())["rows"]} == {
+    assert {r["status"] for r in json.loads((deploy_out / RECIPE / "verify-64px.json").read_text())["rows"]} == {
         "not enforced"}
 
 
 def test_verify_int8_of_real_weights_exits_3_outside_the_tolerance(capsys, tmp_path, calib):
     import torch
 
-    from effexport.exporter.pipeline import WeightsSpec, build_model
+    from effexport.exporter.pipeline import build_model
+    from effexport.job import WeightsSpec
     from effexport.recipes import get_recipe
 
     model, _ = build_model(get_recipe(RECIPE), WeightsSpec())
@@ -133,7 +134,7 @@ def test_bench_times_int8_next_to_fp32_and_torch(capsys, deploy_out, calib):
                              "--batch", "1", "--iters", "3", "--max-warmup", "6", "--no-chart", "--calib", str(calib),
                              "--out", str(deploy_out)], capsys)
     assert code == 0, err
-    data = json.loads((deploy_out / RECIPE / "bench.json").read_text())
+    data = json.loads((deploy_out / RECIPE / "bench-64px.json").read_text())
     assert [(r["backend"], r["precision"]) for r in data["results"]] == [
         ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
     assert all(r["runs"] == 3 and r["p50_ms"] > 0 for r in data["results"])
@@ -161,7 +162,7 @@ def test_backend_commands_export_the_chosen_point_of_a_slimmable_recipe(capsys, 
     assert code == 0, err
     assert "re-estimated on the 9 built-in photographs" in err  # the recipe's own warning reaches the user
     folder = tmp_path / "mutualnet_mobilenet_v2-w0.85-r64"
-    report = json.loads((folder / "report.json").read_text())
+    report = json.loads((folder / "onnx-dynamic" / "report.json").read_text())
     assert report["configuration"]["width"] == 0.85 and report["inputs"][0]["shape"][2:] == [64, 64]
     assert "built-in photographs" in report["weights"]["finalized"]["source"]
     assert json.loads((folder / "verify.json").read_text())["passed"]
@@ -177,8 +178,23 @@ def test_calibrate_takes_the_recipe_options(capsys, tmp_path, calib):
                             capsys)
     assert code == 0, err
     folder = tmp_path / "mutualnet_mobilenet_v2-w0.85-r64"
-    manifest = json.loads((folder / "calibration.json").read_text())
+    manifest = json.loads((folder / "int8-minmax-n3-seed0" / "calibration.json").read_text())
     assert manifest["recipe"] == "mutualnet_mobilenet_v2-w0.85-r64"
     assert manifest["data"]["preprocessing"]["crop_size"] == [64, 64]
-    report = json.loads((folder / "report.json").read_text())
+    report = json.loads((folder / "onnx-dynamic" / "report.json").read_text())
     assert report["weights"]["finalized"]["source"] == str(calib)  # BatchNorm re-estimated on the --calib images
+
+
+def test_the_eval_extra_hint_is_printed_whole(capsys, tmp_path, monkeypatch):
+    from effexport.calibration import heldout
+    from effexport.errors import MissingDependencyError
+
+    def absent():
+        raise MissingDependencyError(f"the held-out photographs need the package mahotas: {heldout.EVAL_EXTRA}")
+
+    monkeypatch.setattr(heldout, "photo_paths", absent)
+    monkeypatch.setattr(heldout, "heldout_available", lambda: False)
+    code, stdout, err = run(["calibrate", RECIPE, *SMALL, "--no-openvino", "--out",
+                             str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "pip install 'effexport[eval]'" in " ".join(stdout.split())  # rich would eat [eval] as markup

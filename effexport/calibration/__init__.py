@@ -1,10 +1,10 @@
 """Calibration data and INT8. The built-in photographs live in images/ (licences in images/LICENSES.md).
 
-Library entry points (the CLI and the backend commands call these):
-- `build.build_int8(recipe, calib_source, Int8Options(...), out, weights, onnx_options)`: export or reuse the
-  verified FP32 ONNX, calibrate once (cached), build every INT8 form, check and verify them -> Int8Result.
-- `build.ensure_int8(recipe, fp32_path, preprocess, calib_source, options, enforce=...)`: the same beside an
-  existing export; `enforce` names the forms whose INT8 parity failure is an error (default: all).
+Library entry points (the workflow in effexport.exporter.deploy calls these):
+- `options.Int8Options(source=..., method=..., calib_size=..., seed=...)`: what one calibration is made of.
+- `build.ensure_int8(recipe, fp32_path, preprocess, options, dest, cache_dir, tolerance=..., enforce=...)`: calibrate
+  once (cached), build every INT8 form into `dest`, check and verify them -> Int8Result; `enforce` names the forms
+  whose INT8 parity failure is an error (None: all); a failing build goes to `dest/rejected/`.
 - `build.form_for_backend(backend)`: which of Int8Result.files a backend runs.
 - `build.int8_parity(reference, path, inputs)`: INT8 parity under tolerance_for("int8").
 - `qdq.check_tensorrt_qdq(path)`: TensorRT's QDQ rules (zero points 0, per-tensor activations,
@@ -13,6 +13,7 @@ Library entry points (the CLI and the backend commands call these):
 - `heldout.heldout_inputs(preprocess)`: photographs never used for calibration, for judging INT8 (eval extra).
 - `heldout.int8_parity_inputs(preprocess, images, data_manifest)`: the photographs every INT8 parity check uses.
 
-The backend commands reach all of this through `effexport.exporter.deploy`: `Context.int8_build()` calibrates once
-and `ensure_artifact(ctx, backend, "int8")` turns the backend's form into `<backend>-int8/`.
+The commands reach all of this through `effexport.exporter.deploy`: `Context.int8_build()` calibrates once into
+`<out>/<model>/int8-<method>/` and `ensure_artifact(ctx, backend, "int8")` turns the backend's form into
+`<backend>-int8/`.
 """

@@ -1,21 +1,23 @@
 """INT8 from one calibration: the calibration cache, every INT8 form, its checks and the calibration manifest.
 
-    <out>/<recipe>/model.onnx                    FP32, verified against PyTorch (effexport onnx)
-    <out>/<recipe>/model_int8_qdq.onnx           portable QDQ: TensorRT (ONNX Runtime and OpenVINO run it slowly or,
-                                                 on CPUs without VNNI, unfaithfully)
-    <out>/<recipe>/model_int8_ort_cpu.onnx       ONNX Runtime on a CPU
-    <out>/<recipe>/model_int8.xml/.bin           OpenVINO-native NNCF INT8 (when openvino and nncf are installed)
-    <out>/<recipe>/calibration.json              the calibration manifest
-    <out>/<recipe>/calibration-cache/<key>.json  tensor ranges, keyed by model, preprocessing, data and method
+`ensure_int8` writes into the folder it is given (the workflow names it `<out>/<model>/int8-<method>.../`):
 
-The backend commands call `ensure_int8` through effexport.exporter.deploy (Context.int8_build) with nothing
-enforced and verify the form each backend runs against PyTorch themselves; `effexport calibrate` and `onnx --int8`
-call `build_int8`, which enforces INT8 parity on every form.
+    model_int8_qdq.onnx       portable QDQ: TensorRT (ONNX Runtime and OpenVINO run it slowly or, on CPUs without
+                              VNNI, unfaithfully)
+    model_int8_ort_cpu.onnx   ONNX Runtime on a CPU
+    model_int8.xml/.bin       OpenVINO-native NNCF INT8 (when openvino and nncf are installed)
+    calibration.json          the calibration manifest
+
+and keeps the tensor ranges in `<cache_dir>/<method>-<key>.json`, keyed by model, preprocessing, data contents and
+method. The backend commands call it through effexport.exporter.deploy (Context.int8_build) with nothing enforced
+and verify the form each backend runs against PyTorch themselves; `effexport calibrate` and `onnx --int8` enforce
+INT8 parity on every form.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -33,17 +35,18 @@ from effexport.calibration import qdq
 from effexport.calibration.data import CalibrationData, load_calibration
 from effexport.calibration.heldout import heldout_available, int8_parity_inputs
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
+from effexport.calibration.options import Int8Options
 from effexport.errors import ExportError, ParityError, UsageError
 from effexport.exporter.artifacts import (
-    DEFAULT_OUT,
     Staging,
     key_digest,
     reusable_record,
     sha256_of,
     write_json,
 )
-from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
-from effexport.recipes import Preprocess, Recipe, configure, get_recipe
+from effexport.exporter.inputs import images_key
+from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck, tolerance_for
+from effexport.recipes import Preprocess, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +68,6 @@ def form_for_backend(backend: str) -> str:
     if backend not in BACKEND_FORMS:
         raise UsageError(f"no INT8 form for backend {backend!r}; INT8 exists for {', '.join(BACKEND_FORMS)}")
     return BACKEND_FORMS[backend]
-
-
-@dataclass(frozen=True)
-class Int8Options:
-    method: str = "minmax"  # minmax | entropy | percentile
-    calib_size: int | None = None  # deterministic seeded sample of this many images; None: all
-    seed: int = 0
-    percentile: float = 99.999  # for method "percentile"
-    views: bool = True  # calibrate on 12 views of each photograph when there are few (data.SMALL_SET)
-    openvino: bool | None = None  # NNCF OpenVINO model: None = when openvino and nncf are installed
-    min_cosine: float | None = None  # override the INT8 tolerance
-    min_top1: float | None = None
-    force: bool = False
-
-    def __post_init__(self):
-        if self.method not in qdq.METHODS:
-            raise UsageError(f"unknown calibration method {self.method!r}; expected one of {', '.join(qdq.METHODS)}")
-        if not 50.0 < self.percentile < 100.0:
-            raise UsageError(f"percentile must be in (50, 100), got {self.percentile}")
 
 
 @dataclass
@@ -148,55 +132,35 @@ def run_model(path: Path, inputs: np.ndarray) -> np.ndarray:
         return runner.run(inputs)
 
 
-def build_int8(recipe_name: str, calib_source: Path | None = None, options: Int8Options = Int8Options(),
-               out: Path = DEFAULT_OUT, weights=None, onnx_options=None, progress: Progress | None = None,
-               enforce: Collection[str] | None = None) -> Int8Result:
-    """Export (or reuse) the verified FP32 ONNX of `recipe_name`, then build every INT8 form from one
-    calibration on `calib_source` (image folder, .npy/.npz, or None for the built-in photographs).
-
-    `weights` and `onnx_options` are the pipeline's WeightsSpec and OnnxOptions for the FP32 export (with the
-    options of a recipe that takes some, such as a slimmable network's width and resolution).
-    Raises UsageError (bad data), ExportError (a form fails its checks), ParityError (a form of a model with
-    real weights is outside the INT8 tolerance; its files are not published).
-    """
-    from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
-
-    weights = weights or WeightsSpec()
-    onnx_options = onnx_options or OnnxOptions()
-    exported = export_recipe(recipe_name, weights, onnx_options, out, progress)
-    recipe = configure(get_recipe(recipe_name), onnx_options.recipe_params, img_size=onnx_options.img_size)
-    pp = recipe.preprocess.at(onnx_options.img_size) if onnx_options.img_size else recipe.preprocess
-    random_weights = exported.report["weights"]["source"] == "random"
-    return ensure_int8(recipe, Path(exported.path), pp, calib_source, options, random_weights=random_weights,
-                       images=onnx_options.images, enforce=enforce, progress=progress)
-
-
-def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path | None,
-                options: Int8Options = Int8Options(), *, random_weights: bool = False, images: Path | None = None,
-                enforce: Collection[str] | None = None, progress: Progress | None = None) -> Int8Result:
-    """INT8 forms beside an already verified FP32 `fp32` (model.onnx); reuses the cache and unchanged artifacts.
+def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options, dest: Path, cache_dir: Path, *,
+                tolerance: Tolerance | None = None, random_weights: bool = False, images: Path | None = None,
+                enforce: Collection[str] | None = None, force: bool = False,
+                progress: Progress | None = None) -> Int8Result:
+    """INT8 forms of the verified FP32 `fp32` (model.onnx) into `dest`, from one calibration on `options.source`
+    whose tensor ranges are cached in `cache_dir`; reuses the cache and unchanged forms.
 
     INT8 parity is measured on photographs calibration did not see (heldout.int8_parity_inputs). `enforce` names
-    the forms whose parity failure is an error (default: every form, the promise of `effexport calibrate`); the
+    the forms whose parity failure is an error (None: every form, the promise of `effexport calibrate`); the
     backend commands pass none, because they verify the form they run against PyTorch themselves. With random
-    weights nothing is enforced (RANDOM_NOTE).
+    weights nothing is enforced (RANDOM_NOTE). A failing build goes to `dest/rejected/`; verified forms stay.
     """
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
-    dest = fp32.parent
+    dest = Path(dest)
+    tolerance = tolerance or tolerance_for("int8")
     say("reading calibration data")
-    data = load_calibration(calib_source, pp, options.calib_size, options.seed, options.views)
+    data = load_calibration(options.source, pp, options.calib_size, options.seed, options.views)
     model_sha = sha256_of(fp32)
     key = cache_key(model_sha, data, options)
-    cache = dest / CACHE_DIR / f"{options.method}-{key}.json"
+    cache = Path(cache_dir) / f"{options.method}-{key}.json"
     want_openvino = nncf_available() if options.openvino is None else options.openvino
     rules = qdq.keep_float_rules(recipe)
     cpu = qdq.cpu_int8_choice()
     fingerprint = _fingerprint(key, want_openvino, rules, options, cpu, images, random_weights)
     enforced = set() if random_weights else set(qdq.FORMS) | {OPENVINO_FORM} if enforce is None else set(enforce)
-    if not options.force and (previous := _reusable(dest, fingerprint)) is not None and cache.is_file():
+    if not force and (previous := _reusable(dest, fingerprint)) is not None and cache.is_file():
         say("reusing the INT8 artifacts and calibration cache (nothing changed)")
-        _fail_if_outside(dest, previous, enforced)
+        _recheck(dest, previous, enforced, tolerance)
         return Int8Result(recipe.name, dest, fp32, _files(dest, previous), dest / MANIFEST_FILE, previous, cache,
                           cache_reused=True, reused=True, warnings=list(data.warnings))
 
@@ -205,27 +169,27 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path |
     del fp32_model
     manifest: dict = {
         "recipe": recipe.name,
-        "fp32_model": {"file": fp32.name, "sha256": model_sha},
+        "fp32_model": {"file": str(fp32), "sha256": model_sha},
         "weights": "random" if random_weights else "trained",
         "method": options.method,
         "percentile": options.percentile if options.method == "percentile" else None,
         "data": data.manifest(),
-        "cache": {"file": str(cache.relative_to(dest)), "key": key},
+        "cache": {"file": str(cache), "key": key},
         "keep_float": [asdict(f) for f in keep_float],
         "cpu": cpu,
         "versions": tool_versions(),
         "fingerprint": fingerprint,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    cache_reused = cache.is_file() and not options.force
-    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=dest) as work:
+    cache_reused = cache.is_file() and not force
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".calibrate-{os.getpid()}-", dir=dest) as work:
         if cache_reused:
             say(f"reusing calibration cache {cache.name}")
         else:
             say(f"calibrating ({options.method}) on {len(data.inputs)} inputs from {data.count} images")
             qdq.calibrate_ranges(fp32, data.inputs, options.method, cache, Path(work), options.percentile)
     manifest["cache"]["reused"] = cache_reused
-    tolerance = tolerance_for("int8", min_cosine=options.min_cosine, min_top1=options.min_top1)
     say("reading the INT8 parity photographs")
     photos = int8_parity_inputs(pp, images, manifest["data"])
     reference = run_model(fp32, photos.inputs)
@@ -242,11 +206,20 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, calib_source: Path |
         if random_weights:
             manifest["parity_note"] = RANDOM_NOTE
         manifest["seconds"] = round(time.perf_counter() - started, 2)
+        files = [name for f in forms.values() for name in (f.get("weights_file"), f["file"]) if name]
+        failed = _outside(manifest, enforced)
+        if failed:
+            manifest["status"] = "failed"
+            rejected = staging.reject(files, MANIFEST_FILE, manifest)
+            kept = f"; the verified INT8 forms in {dest} are unchanged" if (dest / MANIFEST_FILE).is_file() else ""
+            raise ParityError(f"{manifest['recipe']}: INT8 differs from FP32 beyond the tolerance on "
+                              f"{manifest['parity_inputs']['description']} ({failed}); try more --calib images, "
+                              f"--method percentile or entropy, or keep more layers in float, or accept it with "
+                              f"--tolerance int8:min_top1=... (rejected build: {rejected}{kept})")
         manifest["status"] = "passed"
-        _fail_if_outside(dest, manifest, enforced)
-        staging.publish([name for f in forms.values() for name in (f.get("weights_file"), f["file"]) if name])
-    _remove_stale(dest, want_openvino)
-    write_json(dest / MANIFEST_FILE, manifest)
+        staging.publish(files)
+        _remove_stale(dest, want_openvino)
+        write_json(dest / MANIFEST_FILE, manifest)
     return Int8Result(recipe.name, dest, fp32, _files(dest, manifest), dest / MANIFEST_FILE, manifest, cache,
                       cache_reused, warnings=list(data.warnings))
 
@@ -260,7 +233,8 @@ def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, ke
         target = folder / form.filename
         qdq.build_form(fp32, target, form, cache, options.method, keep_float)
         forms[form.name] = {"file": form.filename, "backends": list(form.backends), "description": form.description,
-                            "sha256": sha256_of(target), "bytes": target.stat().st_size}
+                            "sha256": sha256_of(target), "bytes": target.stat().st_size,
+                            "files": {form.filename: sha256_of(target)}}
     check = qdq.check_tensorrt_qdq(folder / qdq.PORTABLE.filename)
     manifest["qdq_check"] = check.to_dict()
     if not check.passed:
@@ -273,36 +247,32 @@ def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, ke
         forms[OPENVINO_FORM] = {"file": NNCF_XML, "weights_file": NNCF_BIN, "backends": ["openvino"],
                                 "description": "NNCF INT8 OpenVINO IR (UINT8 activations: OpenVINO only)",
                                 "sha256": sha256_of(xml), "bytes": xml.stat().st_size +
-                                xml.with_suffix(".bin").stat().st_size, "nncf": info}
+                                xml.with_suffix(".bin").stat().st_size, "nncf": info,
+                                "files": {NNCF_XML: sha256_of(xml), NNCF_BIN: sha256_of(xml.with_suffix(".bin"))}}
     return forms
 
 
-def _fail_if_outside(dest: Path, manifest: dict, enforced: set[str]) -> None:
-    """ParityError when an enforced form is outside the INT8 tolerance; its files and the other forms' are then
-    removed (they no longer match a passing manifest) and the manifest says why."""
+def _outside(manifest: dict, enforced: set[str]) -> str:
+    """The enforced forms outside the tolerance, described; '' when none."""
     failed = {n: p for n, p in manifest.get("parity", {}).items() if n in enforced and not p["passed"]}
-    if not failed:
-        return
-    manifest["status"] = "failed"
-    for form in manifest.get("forms", {}).values():
-        for name in (form["file"], form.get("weights_file")):
-            if name:
-                (dest / name).unlink(missing_ok=True)
-    write_json(dest / MANIFEST_FILE, manifest)
-    detail = "; ".join(f"{n}: {', '.join(p['failures'])}" for n, p in failed.items())
-    raise ParityError(f"{manifest['recipe']}: INT8 differs from FP32 beyond the tolerance on "
-                      f"{manifest['parity_inputs']['description']} ({detail}); try more --calib images, --method "
-                      f"percentile or entropy, or keep more layers in float, or accept it with --min-top1/--min-cosine "
-                      f"(manifest: {dest / MANIFEST_FILE})")
+    return "; ".join(f"{n}: {', '.join(p['failures'])}" for n, p in failed.items())
+
+
+def _recheck(dest: Path, manifest: dict, enforced: set[str], tolerance: Tolerance) -> None:
+    """Reused forms judged again under the tolerance asked for now; outside it is a ParityError, nothing moves."""
+    failed = {n: recheck(p, tolerance) for n, p in manifest.get("parity", {}).items() if n in enforced}
+    failed = {n: f for n, f in failed.items() if f}
+    if failed:
+        detail = "; ".join(f"{n}: {', '.join(f)}" for n, f in failed.items())
+        raise ParityError(f"{manifest['recipe']}: the verified INT8 forms in {dest} (unchanged inputs, so not "
+                          f"rebuilt) are outside the tolerance asked for ({detail}); they stay as they are")
 
 
 def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, cpu: dict, images: Path | None,
                  random_weights: bool) -> str:
-    from effexport.exporter.reference import images_key
-
     key = {"cache": cache_key_, "openvino": openvino, "rules": [asdict(r) for r in rules],
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
-           "tolerance": [options.min_cosine, options.min_top1], "parity_images": images_key(images),
+           "parity_images": images_key(images),
            "heldout": heldout_available(), "random_weights": random_weights, "versions": tool_versions()}
     return key_digest(key)
 
@@ -312,8 +282,9 @@ def _files(dest: Path, manifest: dict) -> dict[str, Path]:
 
 
 def _reusable(dest: Path, fingerprint: str) -> dict | None:
-    return reusable_record(dest / MANIFEST_FILE, fingerprint,
-                           lambda manifest: {f["file"]: f["sha256"] for f in manifest.get("forms", {}).values()})
+    """The passing manifest of the same calibration, if every file of every form is intact (the NNCF .bin too)."""
+    return reusable_record(dest / MANIFEST_FILE, fingerprint, lambda manifest: {
+        name: digest for f in manifest.get("forms", {}).values() for name, digest in f.get("files", {}).items()})
 
 
 def _remove_stale(dest: Path, openvino_built: bool) -> None:

@@ -31,12 +31,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from effexport.calibration.options import METHODS
 from effexport.errors import MissingDependencyError, UsageError
 from effexport.recipes import FIRST_CONV, KeepFloat, Recipe
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 DEFAULT_KEEP_FLOAT = (KeepFloat(FIRST_CONV, "the first convolution sees the normalized image through 3 input "
                                             "channels: little compute to gain, the largest error to lose"),)

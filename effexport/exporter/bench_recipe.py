@@ -1,5 +1,5 @@
 """`effexport bench`: every backend timed by the one harness in bench.py, PyTorch eager as the baseline in the
-same run, written to `<out>/<recipe>/bench.json` and `bench.png` with the machine and versions it ran on."""
+same run, written to `<out>/<model>/bench.json` and `bench.png` with the machine and versions it ran on."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from effexport.errors import UsageError
-from effexport.exporter.artifacts import DEFAULT_OUT, write_json
+from effexport.exporter.artifacts import write_json
 from effexport.exporter.backends import BACKENDS, get_backend
 from effexport.exporter.bench import BenchConfig, LatencyStats, Warmup, measure, speedup
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
-from effexport.exporter.deploy import Context, Int8Spec, SourceSpec, ensure_artifact, open_context
-from effexport.exporter.parity import Tolerance
+from effexport.exporter.deploy import Artifact, Context, ensure_artifact, existing_options, open_context
 from effexport.exporter.pipeline import Progress, build_model
+from effexport.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -127,26 +127,25 @@ def check_backends(backends: list[str]) -> None:
             get_backend(name).ensure_available(f"effexport bench --backends {name}")
 
 
-def bench_recipe(name: str, backends: list[str], batches: list[int], precisions: tuple[str, ...] = ("fp32",),
-                 threads: int | None = None, config: BenchConfig | None = None, source: SourceSpec | None = None,
-                 out: Path = DEFAULT_OUT, options: dict[str, Any] | None = None, chart: bool = True,
-                 progress: Progress | None = None, on_run: OnRun | None = None, int8: Int8Spec | None = None,
-                 tolerances: dict[str, Tolerance] | None = None) -> BenchResult:
+def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: tuple[str, ...] = ("fp32",),
+                 threads: int | None = None, config: BenchConfig | None = None, options: dict[str, Any] | None = None,
+                 chart: bool = True, progress: Progress | None = None, on_run: OnRun | None = None) -> BenchResult:
     """Time PyTorch eager and each backend at each batch size; write bench.json and bench.png. Every artifact is
-    verified (built or reused) first, INT8 ones from the recipe's one calibration (`int8`)."""
+    verified (built or reused) first, INT8 ones from the job's one calibration. A backend whose artifacts have a
+    batch profile (TensorRT) runs, at batch N, an engine whose profile covers N: the user's when one does, else
+    one built for N."""
     check_backends(backends)
     config = config or BenchConfig()
-    source = source or SourceSpec()
     threads = threads or os.cpu_count() or 1
     machine = machine_info(threads, backends)
-    ctx = open_context(name, source, out, None, progress, int8)
+    ctx = open_context(job, progress)
     plan = _plan(backends, list(precisions))
     if len(plan) == 1 and BASELINE not in backends:
         raise UsageError(f"none of {', '.join(backends)} runs {', '.join(precisions)}")
-    artifacts = {(b, p): ensure_artifact(ctx, b, p, (options or {}).get(b), (tolerances or {}).get(p))
-                 for b, p in plan if b != BASELINE}
+    artifacts = {(b, p, n): _artifact_for(ctx, b, p, n, (options or {}).get(b))
+                 for b, p in plan if b != BASELINE for n in batches}
     inputs = ctx.reference().inputs
-    model = build_model(ctx.recipe, source.weights)[0]
+    model = build_model(ctx.recipe, ctx.job.weights)[0]
     total = len(plan) * len(batches) * config.iters
     done = 0
     entries: list[BenchEntry] = []
@@ -156,29 +155,43 @@ def bench_recipe(name: str, backends: list[str], batches: list[int], precisions:
             label = f"{backend} {precision} batch {batch}"
             if progress:
                 progress(f"warming up {label}")
-            with _open(backend, precision, batch, threads, model, artifacts, options) as runner:
+            with _open(backend, precision, batch, threads, model, artifacts.get((backend, precision, batch)),
+                       options) as runner:
                 warm, stats = measure(lambda r=runner, x=x: r.run(x), batch, config,
                                       on_run=lambda i, lbl=label, base=done: on_run and on_run(lbl, base + i, total))
                 execution = dict(runner.execution)
             done += config.iters
+            artifact = artifacts.get((backend, precision, batch))
+            if artifact is not None:
+                execution["artifact"] = str(artifact.folder.name)
             entries.append(BenchEntry(backend, precision, batch, stats, warm, execution))
     _add_speedups(entries)
     machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     folder = ctx.folder
-    result = BenchResult(ctx.recipe.name, entries, machine, folder / BENCH_FILE, None)
+    variant = ctx.job.variant
+    result = BenchResult(ctx.recipe.name, entries, machine, folder / f"bench{variant}.json", None)
     if chart:
         from effexport.exporter.bench_chart import write_chart
 
-        result.chart_path = write_chart(entries, folder / CHART_FILE, title=f"{ctx.recipe.name} on {machine['cpu']}, "
-                                                                             f"{threads} threads")
+        result.chart_path = write_chart(entries, folder / f"bench{variant}.png",
+                                        title=f"{ctx.recipe.name} on {machine['cpu']}, {threads} threads")
     write_json(result.json_path, _to_json(ctx, result, config))
     return result
 
 
-def _open(backend: str, precision: str, batch: int, threads: int, model, artifacts: dict, options: dict | None):
+def _artifact_for(ctx: Context, backend: str, precision: str, batch: int, given: Any) -> Artifact:
+    """The artifact that runs `batch`: with batch profiles, the user's engine covering it or one built for it."""
+    module = get_backend(backend).load()
+    options = given
+    if options is None and hasattr(module, "options_for_batch"):
+        options = existing_options(ctx, backend, precision, batch) or module.options_for_batch(batch)
+    return ensure_artifact(ctx, backend, precision, options)
+
+
+def _open(backend: str, precision: str, batch: int, threads: int, model, artifact: Artifact | None,
+          options: dict | None):
     if backend == BASELINE:
         return TorchRunner(model, threads)
-    artifact = artifacts[(backend, precision)]
     module = get_backend(backend).load()
     return module.open_runner(artifact.path, precision=precision, threads=threads, batch=batch,
                               options=(options or {}).get(backend))

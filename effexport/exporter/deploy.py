@@ -1,15 +1,21 @@
-"""Backend artifacts of one recipe: built from the shared verified ONNX, checked against PyTorch, reused.
+"""Backend artifacts of one job: built from the shared verified ONNX, checked against PyTorch, reused.
 
-Layout under `<out>/<recipe>/`: the verified `model.onnx` (+ report.json) that `effexport onnx --dynamic-batch`
-also writes, `reference.npz` (the PyTorch outputs), and one folder per backend and precision,
-`<backend>-<precision>/` (e.g. `openvino-fp32/model.xml`, `onnxruntime-fp16/model.onnx`,
-`tensorrt-fp16/model.plan`), each with its report.json. A second run with nothing changed reuses every file.
-Backends use a dynamic-batch ONNX so that one export serves every batch size (bench, TensorRT profiles).
+Layout under `<out>/<model>/` (`<v>` is the export variant, e.g. `-160px-opset13`, empty for the defaults):
 
-INT8: the recipe's one calibration (calibration.json, the INT8 forms and the range cache, beside model.onnx, as
-`effexport calibrate` writes them) gives each backend its form, which becomes `<backend>-int8/` like any other
-artifact: copied (ONNX Runtime's CPU form, OpenVINO's NNCF IR) or built (TensorRT, from the Q/DQ ONNX), then
-compared with PyTorch on photographs the calibration did not see (`reference-int8.npz`).
+    onnx-dynamic<v>/       the verified dynamic-batch model.onnx every backend starts from (+ reference.npz)
+    <backend>-<precision>[-<profile>]<v>/   e.g. openvino-fp32/, onnxruntime-fp16/, tensorrt-fp16-b1-8-32/
+    int8-<method>[-n<N>-seed<S>]<v>/        the INT8 forms of one calibration (+ calibration.json)
+    calibration-cache/     tensor ranges, keyed by model, data contents, preprocessing and method
+
+Each artifact folder holds its files and a report.json with the identity (fingerprint) it was built from; a
+second run with the same identity reuses it, judged again under the tolerance asked for now. A build that fails
+its checks goes to `rejected/` inside the folder and leaves the verified files beside it untouched. Backends
+whose artifacts depend on a batch profile (TensorRT) name it in the folder, so engines with other profiles live
+side by side, and `find_artifact` picks an existing one that covers a batch.
+
+INT8: the job's one calibration (`Int8Options`) gives each backend its form, which becomes `<backend>-int8/` like
+any other artifact: copied (ONNX Runtime's CPU form, OpenVINO's NNCF IR) or built (TensorRT, from the Q/DQ ONNX),
+then compared with PyTorch on photographs the calibration did not see (`reference-int8.npz` in the INT8 folder).
 """
 
 from __future__ import annotations
@@ -23,47 +29,32 @@ from pathlib import Path
 from typing import Any
 
 from effexport import __version__
-from effexport.calibration.build import RANDOM_NOTE, Int8Options, Int8Result, ensure_int8, form_for_backend
+from effexport.calibration.build import RANDOM_NOTE, Int8Result, ensure_int8, form_for_backend
 from effexport.calibration.heldout import int8_parity_inputs
 from effexport.errors import MissingDependencyError, ParityError, UsageError
-from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.artifacts import (
-    DEFAULT_OUT,
     Staging,
+    command_line,
+    folder_lock,
     key_digest,
-    recipe_dir,
+    read_json,
     reusable_record,
     sha256_of,
     write_json,
 )
 from effexport.exporter.backends import Availability, Backend, get_backend
-from effexport.exporter.parity import ParityReport, Tolerance, compare, tolerance_for
-from effexport.exporter.pipeline import OnnxOptions, OnnxResult, Progress, WeightsSpec, export_recipe
-from effexport.exporter.reference import Reference, cached_reference, images_key, reference_for
-from effexport.recipes import Preprocess, Recipe, RecipeParams, configure, get_recipe
+from effexport.exporter.inputs import images_key
+from effexport.exporter.parity import ParityReport, Tolerance, compare
+from effexport.exporter.pipeline import OnnxResult, Progress, export_recipe, recheck_reused
+from effexport.exporter.reference import Reference, cached_reference, reference_for
+from effexport.job import Job
+from effexport.recipes import Preprocess, Recipe
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 INT8_REFERENCE_FILE = "reference-int8.npz"
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Which verified ONNX the backends start from: the recipe's weights, its options (the point of a slimmable
-    recipe and its BatchNorm calibration images) and the export settings."""
-
-    weights: WeightsSpec = WeightsSpec()
-    opset: int = onnx_stage.DEFAULT_OPSET
-    img_size: int | None = None
-    simplify: bool = True
-    params: RecipeParams = RecipeParams()
-
-    def onnx_options(self) -> OnnxOptions:
-        p = self.params
-        return OnnxOptions(opset=self.opset, dynamic_batch=True, img_size=self.img_size, simplify=self.simplify,
-                           calib=p.calib, width=p.width, resolution=p.resolution, budget_mflops=p.budget_mflops,
-                           query_table=p.query_table)
+CACHE_DIR = "calibration-cache"
 
 
 @dataclass
@@ -81,26 +72,14 @@ class Artifact:
         return self.path.parent
 
 
-@dataclass(frozen=True)
-class Int8Spec:
-    """The one calibration every INT8 artifact of a recipe comes from (effexport.calibration.build)."""
-
-    calib: Path | None = None  # image folder or .npy/.npz; None: the built-in photographs
-    options: Int8Options = Int8Options()
-
-
 @dataclass
 class Context:
-    """What every artifact of one recipe shares: the recipe, the verified ONNX, the PyTorch reference and, for
-    INT8, the calibration."""
+    """What every artifact of one job shares: the job (on the dynamic-batch export), the verified ONNX, the
+    PyTorch reference and, for INT8, the calibration."""
 
-    recipe: Recipe
-    source: SourceSpec
+    job: Job
     onnx: OnnxResult
-    out: Path
-    images: Path | None = None
     progress: Progress | None = None
-    int8: Int8Spec = Int8Spec()
     _references: dict[str, Reference] = field(default_factory=dict, repr=False)
     _int8_result: Int8Result | None = field(default=None, repr=False)
 
@@ -109,12 +88,24 @@ class Context:
             self.progress(message)
 
     @property
+    def recipe(self) -> Recipe:
+        return self.job.recipe
+
+    @property
     def folder(self) -> Path:
-        return recipe_dir(self.out, self.recipe.name)
+        return self.job.folder
+
+    @property
+    def out(self) -> Path:
+        return self.job.out
 
     @property
     def preprocess(self) -> Preprocess:
-        return self.recipe.preprocess.at(self.source.img_size) if self.source.img_size else self.recipe.preprocess
+        return self.job.preprocess
+
+    @property
+    def int8_folder(self) -> Path:
+        return self.folder / f"{self.job.calibration.tag}{self.job.variant}"
 
     @property
     def random_weights(self) -> bool:
@@ -129,38 +120,39 @@ class Context:
         kind = "int8" if precision == "int8" else "parity"
         if kind not in self._references:
             if kind == "int8":
-                photos = int8_parity_inputs(self.preprocess, self.images, self.int8_build().manifest["data"])
+                photos = int8_parity_inputs(self.preprocess, self.job.images, self.int8_build().manifest["data"])
                 digest = hashlib.sha256(photos.inputs.tobytes()).hexdigest()[:16]
-                self._references[kind] = cached_reference(self.recipe, self.source.weights, self.onnx, self.out,
-                                                          INT8_REFERENCE_FILE, digest,
-                                                          lambda: (photos.inputs, photos.description), self.progress)
+                self._references[kind] = cached_reference(self.job, self.onnx, self.int8_folder / INT8_REFERENCE_FILE,
+                                                          digest, lambda: (photos.inputs, photos.description),
+                                                          self.progress)
             else:
-                self._references[kind] = reference_for(self.recipe, self.source.weights, self.source.img_size,
-                                                       self.onnx, self.images, self.out, self.progress)
+                self._references[kind] = reference_for(self.job, self.onnx, self.progress)
         return self._references[kind]
 
-    def int8_build(self) -> Int8Result:
-        """Calibrate once (or reuse the calibration) and build every INT8 form beside the verified ONNX. Parity of
-        the forms with FP32 is recorded there; each backend's artifact is then judged against PyTorch."""
+    def int8_build(self, enforce: tuple[str, ...] | None = ()) -> Int8Result:
+        """Calibrate once (or reuse the calibration) and build every INT8 form into `int8_folder`. By default
+        parity of the forms with FP32 is recorded, not enforced: each backend's artifact is judged against PyTorch
+        itself; `effexport calibrate` enforces every form (`enforce=None`)."""
         if self._int8_result is None:
-            self._int8_result = ensure_int8(self.recipe, self.onnx.path, self.preprocess, self.int8.calib,
-                                            self.int8.options, random_weights=self.random_weights,
-                                            images=self.images, enforce=(), progress=self.progress)
+            with folder_lock(self.folder, command_line(), self.progress):
+                self._int8_result = ensure_int8(
+                    self.recipe, self.onnx.path, self.preprocess, self.job.calibration, self.int8_folder,
+                    self.folder / CACHE_DIR, tolerance=self.job.tolerance("int8"), random_weights=self.random_weights,
+                    images=self.job.images, enforce=enforce, force=self.job.force, progress=self.progress)
         return self._int8_result
 
 
-def open_context(name: str, source: SourceSpec | None = None, out: Path = DEFAULT_OUT, images: Path | None = None,
-                 progress: Progress | None = None, int8: Int8Spec | None = None) -> Context:
-    """Export (or reuse) the recipe's verified dynamic-batch ONNX; a recipe that takes options (a slimmable
-    network's width and resolution) is configured with `source.params` first, as `effexport onnx` does."""
-    source = source or SourceSpec()
-    recipe = configure(get_recipe(name), source.params, img_size=source.img_size)
-    onnx_result = export_recipe(name, source.weights, source.onnx_options(), out, progress)
-    return Context(recipe, source, onnx_result, Path(out), images, progress, int8 or Int8Spec())
+def open_context(job: Job, progress: Progress | None = None) -> Context:
+    """Export (or reuse) the job's verified dynamic-batch ONNX, the source of every backend artifact."""
+    job = job.for_backends()
+    return Context(job, export_recipe(job, progress), progress)
 
 
-def artifact_folder(ctx: Context, backend: str, precision: str) -> Path:
-    return ctx.folder / f"{backend}-{precision}"
+def artifact_folder(ctx: Context, backend: str, precision: str, options: Any = None) -> Path:
+    """`<backend>-<precision>[-<profile>]<variant>`: the options that shape the files, readable."""
+    module = get_backend(backend).load()
+    profile = module.profile_tag(options) if hasattr(module, "profile_tag") and options is not None else ""
+    return ctx.folder / f"{backend}-{precision}{'-' + profile if profile else ''}{ctx.job.variant}"
 
 
 def artifact_precision(backend: Backend, precision: str) -> str:
@@ -175,56 +167,91 @@ def backend_options(backend: Backend, ctx: Context, options: Any) -> Any:
 
 
 def ensure_artifact(ctx: Context, backend_name: str, precision: str, options: Any = None,
-                    tolerance: Tolerance | None = None, force: bool = False) -> Artifact:
-    """The backend's artifact for `precision`: reused when nothing changed, else built from the verified ONNX,
-    run on the parity inputs and compared with PyTorch; a failure raises ParityError and publishes nothing."""
+                    tolerance: Tolerance | None = None, force: bool | None = None) -> Artifact:
+    """The backend's artifact for `precision`: reused when its identity is unchanged (and judged again under
+    `tolerance`), else built from the verified ONNX, run on the parity inputs and compared with PyTorch. A build
+    outside the tolerance raises ParityError; its files go to `rejected/` and a verified artifact stays."""
     backend = get_backend(backend_name)
     if precision not in backend.precisions:
         raise UsageError(f"{backend.name} supports {', '.join(backend.precisions)}, not {precision}")
     found = backend.ensure_available(f"the {backend.name} {precision} artifact")
     built_for = artifact_precision(backend, precision)
+    tolerance = tolerance or ctx.job.tolerance(built_for)
     if backend.name == "onnxruntime" and built_for == "fp32":
+        recheck_reused(ctx.onnx.report, "onnxruntime", tolerance, "the verified export", ctx.onnx.path.parent)
         return Artifact(ctx.recipe.name, backend.name, "fp32", ctx.onnx.path, ctx.onnx.report, ctx.onnx.reused, found)
+    force = ctx.job.force if force is None else force
     module = backend.load()
     options = backend_options(backend, ctx, options)
-    source = _source_for(ctx, module.source_precision(built_for, options), backend.name)
-    tolerance = tolerance or tolerance_for(built_for)
-    folder = artifact_folder(ctx, backend.name, built_for)
-    reference = ctx.reference(built_for) if built_for == "int8" else None  # INT8: which photographs is part of it
-    fingerprint = _fingerprint(source, backend.name, found, built_for, options, tolerance, ctx.images,
-                               reference.description if reference else None)
-    if not force and (previous := _reusable(folder, fingerprint)) is not None:
-        ctx.say(f"reusing the verified {backend.name} {built_for} artifact")
-        return Artifact(ctx.recipe.name, backend.name, built_for, folder / previous["artifact"]["file"], previous,
-                        True, found)
-    reference = reference or ctx.reference(built_for)
+    with folder_lock(ctx.folder, command_line(), ctx.progress):
+        source = _source_for(ctx, module.source_precision(built_for, options), backend.name)
+        folder = artifact_folder(ctx, backend.name, built_for, options)
+        reference = ctx.reference(built_for) if built_for == "int8" else None  # INT8: which photographs is part of it
+        identity = _identity(source, backend.name, found, built_for, options, ctx.job.images,
+                             reference.description if reference else None)
+        fingerprint = key_digest(identity)
+        if not force and (previous := _reusable(folder, fingerprint)) is not None:
+            ctx.say(f"reusing the verified {backend.name} {built_for} artifact")
+            if ctx.enforced(built_for):
+                recheck_reused(previous, "", tolerance, f"the verified {backend.name} {built_for} artifact", folder)
+            return Artifact(ctx.recipe.name, backend.name, built_for, folder / previous["artifact"]["file"], previous,
+                            True, found)
+        return _build(ctx, backend.name, module, built_for, found, source, options, tolerance, folder, identity,
+                      reference or ctx.reference(built_for))
+
+
+def _build(ctx: Context, backend: str, module, precision: str, found: Availability, source: _Source, options: Any,
+           tolerance: Tolerance, folder: Path, identity: dict, reference: Reference) -> Artifact:
     started = time.perf_counter()
     with Staging(folder) as staging:
-        ctx.say(f"building the {backend.name} {built_for} artifact")
-        output = module.build(source.path, staging.path, built_for, options)
-        ctx.say(f"verifying the {backend.name} {built_for} artifact against PyTorch")
-        with module.open_runner(staging.path / output.main, precision=built_for, options=options) as runner:
+        ctx.say(f"building the {backend} {precision} artifact")
+        output = module.build(source.path, staging.path, precision, options)
+        ctx.say(f"verifying the {backend} {precision} artifact against PyTorch")
+        with module.open_runner(staging.path / output.main, precision=precision, options=options) as runner:
             candidate = runner.run(reference.inputs)
             execution = dict(runner.execution)
         parity = compare(reference.outputs, candidate, tolerance)
-        report = _report(ctx, backend.name, built_for, found, source, output.info, execution, parity, reference,
-                         fingerprint, time.perf_counter() - started)
+        report = _report(ctx, backend, precision, found, source, output.info, execution, parity, reference,
+                         identity, time.perf_counter() - started)
         report["artifact"] = {"file": output.main, "files": {f: sha256_of(staging.path / f) for f in output.files}}
-        if not ctx.enforced(built_for):
+        if not ctx.enforced(precision):
             report["parity"].update(enforced=False, note=RANDOM_NOTE)
-        if not parity.passed and ctx.enforced(built_for):
+        if not parity.passed and ctx.enforced(precision):
             report["status"] = "failed"
-            for name in output.files:  # files of an earlier build no longer match this report
-                (folder / name).unlink(missing_ok=True)
-            write_json(folder / REPORT_FILE, report)
-            accept = f"; to accept it: --tolerance {built_for}:min_top1=..." if built_for == "int8" else ""
-            raise ParityError(f"{ctx.recipe.name}: {backend.name} {built_for} differs from PyTorch on "
+            rejected = staging.reject(output.files, REPORT_FILE, report)
+            accept = f"; to accept it: --tolerance {precision}:min_top1=..." if precision == "int8" else ""
+            kept = (f"; the verified artifact in {folder} is unchanged" if (folder / REPORT_FILE).is_file() else "")
+            raise ParityError(f"{ctx.recipe.name}: {backend} {precision} differs from PyTorch on "
                               f"{reference.description}: {'; '.join(parity.failures)}{accept} "
-                              f"(report: {folder / REPORT_FILE})")
+                              f"(rejected build: {rejected}{kept})", report=rejected)
         report["status"] = "passed"
         staging.publish(output.files)
-    write_json(folder / REPORT_FILE, report)
-    return Artifact(ctx.recipe.name, backend.name, built_for, folder / output.main, report, False, found)
+        write_json(folder / REPORT_FILE, report)
+    return Artifact(ctx.recipe.name, backend, precision, folder / output.main, report, False, found)
+
+
+def existing_options(ctx: Context, backend_name: str, precision: str, batch: int | None = None) -> Any:
+    """The options of an artifact already built for this backend and precision (by `effexport trt`, say) whose
+    batch profile covers `batch` (any when None), preferring one optimised for it; None when there is none or the
+    backend has no profiles. verify and bench use the user's engine this way instead of building another."""
+    backend = get_backend(backend_name)
+    module = backend.load()
+    if not hasattr(module, "options_from_record"):
+        return None
+    built_for = artifact_precision(backend, precision)
+    found = []
+    for report_path in ctx.folder.glob(f"{backend.name}-{built_for}-*/{REPORT_FILE}"):
+        report = read_json(report_path)
+        if not report or report.get("status") != "passed" or not isinstance(report.get("options"), dict):
+            continue
+        options = backend_options(backend, ctx, module.options_from_record(report["options"]))
+        if artifact_folder(ctx, backend.name, built_for, options) != report_path.parent:
+            continue  # another export variant
+        if batch is not None and not module.covers(options, batch):
+            continue
+        optimised = batch is None or getattr(options, "opt_batch", None) == batch
+        found.append((not optimised, -report_path.stat().st_mtime, str(report_path), options))
+    return min(found, key=lambda f: f[:3])[3] if found else None
 
 
 @dataclass
@@ -239,11 +266,11 @@ def _source_for(ctx: Context, precision: str, backend: str) -> _Source:
     """The model a build starts from: the verified export, its verified variant (fp16 graph, ...), or for INT8
     the form of the recipe's calibration that this backend runs (calibration.build.BACKEND_FORMS)."""
     if precision == "fp32":
-        return _Source(ctx.onnx.path, "fp32", ctx.onnx.report["artifact"]["sha256"])
+        return _Source(ctx.onnx.path, "fp32", ctx.onnx.report["fingerprint"])
     if precision == "int8":
         return _int8_source(ctx, backend)
     variant = ensure_artifact(ctx, "onnxruntime", precision)
-    return _Source(variant.path, precision, variant.report["artifact"]["files"][variant.path.name])
+    return _Source(variant.path, precision, variant.report["fingerprint"])
 
 
 def _int8_source(ctx: Context, backend: str) -> _Source:
@@ -255,11 +282,12 @@ def _int8_source(ctx: Context, backend: str) -> _Source:
     built = result.manifest["forms"][form]
     data = result.manifest["data"]
     info = {"form": form, "calibration": str(result.manifest_path.relative_to(ctx.folder)),
+            "calibration_fingerprint": result.manifest["fingerprint"],
             "method": result.manifest["method"], "calibration_data": {k: data[k] for k in ("source", "kind", "count")},
             "skipped": len(data["skipped"]), "cache": result.manifest["cache"]["file"],
             "keep_float": [k["node"] for k in result.manifest["keep_float"]], "cpu": result.manifest.get("cpu"),
             "calibration_parity": result.manifest["parity"][form]}
-    return _Source(result.files[form], f"int8 ({form})", built["sha256"], info)
+    return _Source(result.files[form], f"int8 ({form})", f"{result.manifest['fingerprint']}:{built['sha256']}", info)
 
 
 def _options_dict(options: Any) -> Any:
@@ -270,12 +298,13 @@ def _options_dict(options: Any) -> Any:
     return asdict(options) if is_dataclass(options) else str(options)
 
 
-def _fingerprint(source: _Source, backend: str, found: Availability, precision: str, options: Any,
-                 tolerance: Tolerance, images: Path | None, inputs: str | None) -> str:
-    key = {"source": source.sha256, "backend": backend, "version": found.version, "device": found.device,
-           "precision": precision, "options": _options_dict(options), "tolerance": asdict(tolerance),
-           "images": images_key(images), "inputs": inputs, "effexport": __version__}
-    return key_digest(key)
+def _identity(source: _Source, backend: str, found: Availability, precision: str, options: Any,
+              images: Path | None, inputs: str | None) -> dict:
+    """What shapes the artifact and its report: the source by its own identity, the backend and its version, the
+    options and the parity images by their contents. Not the tolerance: a reused artifact is judged again."""
+    return {"source": source.sha256, "backend": backend, "version": found.version, "device": found.device,
+            "precision": precision, "options": _options_dict(options), "images": images_key(images),
+            "inputs": inputs, "effexport": __version__}
 
 
 def _reusable(folder: Path, fingerprint: str) -> dict | None:
@@ -283,7 +312,7 @@ def _reusable(folder: Path, fingerprint: str) -> dict | None:
 
 
 def _report(ctx: Context, backend: str, precision: str, found: Availability, source: _Source, build_info: dict,
-            execution: dict, parity: ParityReport, reference: Reference, fingerprint: str, seconds: float) -> dict:
+            execution: dict, parity: ParityReport, reference: Reference, identity: dict, seconds: float) -> dict:
     return {
         "recipe": ctx.recipe.name,
         "backend": backend,
@@ -292,12 +321,14 @@ def _report(ctx: Context, backend: str, precision: str, found: Availability, sou
             "file": str(source.path.relative_to(ctx.folder)), "precision": source.precision, "sha256": source.sha256},
         **({"int8": source.info} if source.info else {}),
         "weights": ctx.onnx.report.get("weights"),
+        "options": identity["options"],
         "build": build_info,
         "execution": execution,
         "parity": {"reference": "PyTorch FP32", "inputs": reference.description, **parity.to_dict()},
         "backend_version": found.version,
         "device": found.device,
-        "fingerprint": fingerprint,
+        "identity": identity,
+        "fingerprint": key_digest(identity),
         "seconds": round(seconds, 2),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

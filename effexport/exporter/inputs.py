@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from effexport.errors import UsageError
+from effexport.exporter.artifacts import content_digest
 from effexport.recipes import Preprocess
 
 log = logging.getLogger(__name__)
@@ -126,3 +127,8 @@ def parity_inputs(pp: Preprocess, n: int = PARITY_SAMPLES, images_dir: Path | No
     if extra:
         what += f" + {extra} synthetic image-like inputs (seed {seed})"
     return preprocess_images(photos + synthetic_images(extra, seed=seed), pp), what
+
+
+def images_key(images: Path | None) -> str:
+    """Changes when the folder's images change: their names and contents, not their modification times."""
+    return "builtin" if images is None else f"images:{content_digest(images, IMAGE_SUFFIXES)}"

@@ -89,15 +89,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) 
     top5_cand = np.argsort(-cand, axis=1)[:, :k]
     top5 = float((top5_cand == top1_ref[:, None]).any(axis=1).mean())
 
-    failures = []
-    if not finite:
-        failures.append("candidate output has NaN or Inf")
-    if tolerance.max_rel is not None and not max_rel <= tolerance.max_rel:
-        failures.append(f"relative error {max_rel:.2e} > {tolerance.max_rel:g}")
-    if tolerance.min_cosine is not None and not cosine.min() >= tolerance.min_cosine:
-        failures.append(f"cosine {cosine.min():.6f} < {tolerance.min_cosine:g}")
-    if tolerance.min_top1 is not None and not top1 >= tolerance.min_top1:
-        failures.append(f"top-1 agreement {top1:.1%} < {tolerance.min_top1:.0%}")
+    failures = [] if finite else ["candidate output has NaN or Inf"]
+    failures += recheck({"max_rel": max_rel, "min_cosine": float(cosine.min()), "top1_agreement": top1}, tolerance)
     return ParityReport(
         samples=len(ref),
         max_abs=max_abs,
@@ -110,3 +103,27 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) 
         passed=not failures,
         failures=tuple(failures),
     )
+
+
+def recheck(recorded: dict, tolerance: Tolerance) -> list[str]:
+    """Judge a recorded ParityReport (its to_dict()) under another tolerance, without running anything: a reused
+    artifact is held to the tolerance asked for now."""
+    failures = []
+    if tolerance.max_rel is not None and not recorded["max_rel"] <= tolerance.max_rel:
+        failures.append(f"relative error {recorded['max_rel']:.2e} > {tolerance.max_rel:g}")
+    if tolerance.min_cosine is not None and not recorded["min_cosine"] >= tolerance.min_cosine:
+        failures.append(f"cosine {recorded['min_cosine']:.6f} < {tolerance.min_cosine:g}")
+    if tolerance.min_top1 is not None and not recorded["top1_agreement"] >= tolerance.min_top1:
+        failures.append(f"top-1 agreement {recorded['top1_agreement']:.1%} < {tolerance.min_top1:.0%}")
+    return failures
+
+
+def looser(a: Tolerance, b: Tolerance) -> Tolerance:
+    """Each threshold at the less demanding of the two (None, unchecked, wins). verify and the backends' shared
+    export build under the looser of the user's tolerance and the default, then judge under the user's: an
+    artifact accepted with a loose --tolerance is kept, and a strict one fails rows instead of rebuilding."""
+    def pick(x, y, worse):
+        return None if x is None or y is None else worse(x, y)
+
+    return Tolerance(max_rel=pick(a.max_rel, b.max_rel, max), min_cosine=pick(a.min_cosine, b.min_cosine, min),
+                     min_top1=pick(a.min_top1, b.min_top1, min))

@@ -1,6 +1,6 @@
 """The export pipeline: recipe -> model with weights -> deploy rewrites -> ONNX -> parity -> report.
 
-Each stage is a function in its own module; this one only strings them together, stages the files and
+Each stage is a function in its own module; this one only strings them together for one Job, stages the files and
 writes the report. The CLI calls `export_recipe` and nothing else for `effexport onnx`.
 """
 
@@ -24,76 +24,31 @@ from effexport import __version__
 from effexport.errors import ExportError, ParityError, UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.artifacts import (
-    DEFAULT_OUT,
     Staging,
+    command_line,
+    content_digest,
+    folder_lock,
     key_digest,
-    recipe_dir,
     reusable_record,
     sha256_of,
     write_json,
 )
 from effexport.exporter.checkpoint import load_weights, randomize_batchnorm
-from effexport.exporter.inputs import parity_inputs
-from effexport.exporter.parity import ParityReport, compare, tolerance_for
+from effexport.exporter.inputs import IMAGE_SUFFIXES, parity_inputs
+from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck
 from effexport.exporter.profile import count_macs, count_params
 from effexport.exporter.rewrite import RewriteRecord, apply_rewrites
-from effexport.recipes import Preprocess, Recipe, RecipeParams, configure, get_recipe
+from effexport.job import Job, WeightsSpec
+from effexport.recipes import Preprocess, Recipe
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 RANDOM_SEED = 0
 MODEL_FILE = "model.onnx"
-REJECTED_FILE = "model.rejected.onnx"
 REPORT_FILE = "report.json"
 RANDOM_WEIGHTS_NOTE = ("RANDOM weights (seed 0, random BatchNorm statistics): the model's outputs are meaningless; "
                        "pass --weights PATH or --pretrained for a real model")
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where the weights come from: a file, timm's pretrained weights, or (neither) random."""
-
-    path: Path | None = None
-    pretrained: bool = False
-    use_ema: bool = False
-
-    def __post_init__(self):
-        if self.path is not None and self.pretrained:
-            raise UsageError("give either --weights or --pretrained, not both")
-
-    def identity(self, recipe: Recipe) -> str:
-        if self.path is not None:
-            return f"file:{sha256_of(Path(self.path))}:{'ema' if self.use_ema else ''}"
-        return f"pretrained:{recipe.source}" if self.pretrained else f"random:{RANDOM_SEED}"
-
-
-@dataclass(frozen=True)
-class OnnxOptions:
-    opset: int = onnx_stage.DEFAULT_OPSET
-    batch: int = 1
-    dynamic_batch: bool = False
-    img_size: int | None = None
-    simplify: bool = True
-    images: Path | None = None
-    max_rel: float | None = None
-    force: bool = False
-    calib: Path | None = None  # calibration images: slimmable BN re-estimation, INT8
-    width: float | None = None  # slimmable recipes: the point to export, or a budget to choose it by
-    resolution: int | None = None
-    budget_mflops: float | None = None
-    query_table: Path | None = None
-
-    @property
-    def recipe_params(self) -> RecipeParams:
-        return RecipeParams(width=self.width, resolution=self.resolution, budget_mflops=self.budget_mflops,
-                            query_table=self.query_table, calib=self.calib)
-
-    def __post_init__(self):
-        if self.batch < 1:
-            raise UsageError(f"--batch must be at least 1, got {self.batch}")
-        if self.img_size is not None and self.img_size < 32:
-            raise UsageError(f"--img-size must be at least 32, got {self.img_size}")
 
 
 @dataclass
@@ -160,14 +115,14 @@ def run_torch(model: nn.Module, inputs: np.ndarray, batch: int = 8) -> np.ndarra
     return np.concatenate(outs)
 
 
-def prepare(recipe: Recipe, weights: WeightsSpec, img_size: int | None = None, images: Path | None = None,
-            progress: Progress | None = None) -> PreparedModel:
+def prepare(job: Job, progress: Progress | None = None) -> PreparedModel:
     """Build, load weights, record reference outputs, then apply the deploy rewrites (each parity-checked)."""
     say = progress or (lambda _msg: None)
+    recipe = job.recipe
     say(f"building {recipe.name}")
-    model, winfo = build_model(recipe, weights)
-    pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
-    inputs, described = parity_inputs(pp, images_dir=images)
+    model, winfo = build_model(recipe, job.weights)
+    pp = job.preprocess
+    inputs, described = parity_inputs(pp, images_dir=job.images)
     say("running the PyTorch reference")
     reference = run_torch(model, inputs)
     params = count_params(model)
@@ -177,37 +132,70 @@ def prepare(recipe: Recipe, weights: WeightsSpec, img_size: int | None = None, i
     return PreparedModel(recipe, model, pp, winfo, records, params, macs, inputs, described, reference)
 
 
-def _fingerprint(recipe: Recipe, weights: WeightsSpec, options: OnnxOptions) -> str:
-    opts = asdict(options)
-    opts.pop("force")
-    if recipe.finalize is None:  # calibration images change the FP32 model only through a recipe's finalize step
-        opts.pop("calib")
-    key = {"recipe": recipe.name, "weights": weights.identity(recipe), "options": opts,
-           "versions": tool_versions()}
-    return key_digest(key)
+def weights_identity(weights: WeightsSpec, recipe: Recipe) -> str:
+    """The weights by their contents (a file), their origin (pretrained) or their seed (random)."""
+    if weights.path is not None:
+        return f"file:{sha256_of(Path(weights.path))}:{'ema' if weights.use_ema else ''}"
+    return f"pretrained:{recipe.source}" if weights.pretrained else f"random:{RANDOM_SEED}"
+
+
+def export_identity(job: Job) -> dict:
+    """Everything that shapes the bytes of the export and its report, every input by its contents."""
+    recipe = job.recipe
+    key = {"recipe": recipe.name, "configuration": dict(recipe.configuration),
+           "weights": weights_identity(job.weights, recipe), "export": asdict(job.export),
+           "parity_images": content_digest(job.images, IMAGE_SUFFIXES), "versions": tool_versions()}
+    if recipe.finalize is not None:  # calibration images change the FP32 model only through a recipe's finalize step
+        key["calibration_data"] = content_digest(job.calibration.source)
+    if job.params.query_table is not None:
+        key["query_table"] = content_digest(job.params.query_table)
+    return key
+
+
+def onnx_folder(job: Job) -> Path:
+    """`<out>/<model>/onnx-<b1|b8|dynamic>[-<img>px][-opset<N>][-nosimplify]/`: exports with other options live
+    side by side."""
+    return job.folder / f"onnx-{job.export.batch_tag}{job.variant}"
 
 
 def find_reusable(dest: Path, fingerprint: str) -> dict | None:
-    """A previous passing export with the same fingerprint whose model file is intact."""
-    return reusable_record(dest / REPORT_FILE, fingerprint,
-                           lambda report: {MODEL_FILE: report.get("artifact", {}).get("sha256")})
+    """A previous passing export with the same fingerprint whose files are all intact."""
+    return reusable_record(dest / REPORT_FILE, fingerprint, lambda report: report.get("artifact", {}).get("files"))
 
 
-def export_recipe(name: str, weights: WeightsSpec = WeightsSpec(), options: OnnxOptions = OnnxOptions(),
-                  out: Path = DEFAULT_OUT, progress: Progress | None = None) -> OnnxResult:
-    """`effexport onnx`: export, check, simplify and verify one recipe; write model.onnx and report.json."""
+def recheck_reused(report: dict, key: str, tolerance: Tolerance, what: str, folder: Path) -> None:
+    """A reused artifact is judged again under the tolerance asked for now; outside it, that is a parity failure,
+    and the artifact, verified under the tolerance it was built with, stays as it is."""
+    failures = recheck(report["parity"][key] if key else report["parity"], tolerance)
+    if failures:
+        raise ParityError(f"{what} in {folder} (unchanged inputs, so not rebuilt) is outside the tolerance asked for: "
+                          f"{'; '.join(failures)}; it was verified under "
+                          f"{Tolerance(**(report['parity'][key] if key else report['parity'])['tolerance']).describe()}"
+                          f" and stays as it is", report=folder / REPORT_FILE)
+
+
+def export_recipe(job: Job, progress: Progress | None = None) -> OnnxResult:
+    """`effexport onnx`: export, check, simplify and verify one recipe; model.onnx and report.json in
+    `onnx_folder(job)`. A failing build goes to `rejected/` there and never touches the verified export."""
+    with folder_lock(job.folder, command_line(), progress):
+        return _export(job, progress)
+
+
+def _export(job: Job, progress: Progress | None) -> OnnxResult:
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
-    recipe = configure(get_recipe(name), options.recipe_params, img_size=options.img_size)
+    recipe, options = job.recipe, job.export
     onnx_stage.check_opset(options.opset)
-    tolerance = tolerance_for("fp32", max_rel=options.max_rel)
-    dest = recipe_dir(out, recipe.name)
-    fingerprint = _fingerprint(recipe, weights, options)
-    if not options.force and (previous := find_reusable(dest, fingerprint)) is not None:
+    tolerance = job.tolerance("fp32")
+    dest = onnx_folder(job)
+    identity = export_identity(job)
+    fingerprint = key_digest(identity)
+    if not job.force and (previous := find_reusable(dest, fingerprint)) is not None:
         say("reusing the verified export (nothing changed)")
+        recheck_reused(previous, "onnxruntime", tolerance, "the verified export", dest)
         return OnnxResult(dest / MODEL_FILE, dest / REPORT_FILE, previous, reused=True, parity=previous["parity"])
 
-    prepared = prepare(recipe, weights, options.img_size, options.images, progress)
+    prepared = prepare(job, progress)
     export_batch = 2 if options.dynamic_batch else options.batch
     sample = torch.from_numpy(np.resize(prepared.inputs[:1], (export_batch, *prepared.inputs.shape[1:])).copy())
     report: dict = {
@@ -228,6 +216,7 @@ def export_recipe(name: str, weights: WeightsSpec = WeightsSpec(), options: Onnx
         "rewrites": [asdict(r) for r in prepared.rewrites],
         "parity_inputs": prepared.inputs_description,
         "versions": tool_versions(),
+        "identity": identity,
         "fingerprint": fingerprint,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -259,36 +248,32 @@ def export_recipe(name: str, weights: WeightsSpec = WeightsSpec(), options: Onnx
         parity = verify_in_onnxruntime(staging.path / MODEL_FILE, prepared, tolerance, options.dynamic_batch)
         report["parity"] = {"onnxruntime": parity.to_dict()}
         report["artifact"] = {"file": MODEL_FILE, "sha256": sha256_of(staging.path / MODEL_FILE),
+                              "files": {f.name: sha256_of(f) for f in files},
                               "bytes": sum(f.stat().st_size for f in files),
                               "external_data": [f.name for f in files[1:]]}
         report["seconds"] = round(time.perf_counter() - started, 2)
         if graph.problems and recipe.strict_graph:
-            return _reject(dest, staging, files, report, ExportError(
-                f"{recipe.name}: the exported graph has {'; '.join(graph.problems)}; a rewrite is missing for "
-                f"this architecture (report: {dest / REPORT_FILE})"))
+            _reject(dest, staging, files, report, ExportError, f"{recipe.name}: the exported graph has "
+                    f"{'; '.join(graph.problems)}; a rewrite is missing for this architecture")
         if not parity.passed:
-            return _reject(dest, staging, files, report, ParityError(
-                f"{recipe.name}: ONNX Runtime output differs from PyTorch: {'; '.join(parity.failures)} "
-                f"(report: {dest / REPORT_FILE})"))
+            _reject(dest, staging, files, report, ParityError, f"{recipe.name}: ONNX Runtime output differs from "
+                    f"PyTorch: {'; '.join(parity.failures)}")
         report["status"] = "passed"
         staging.publish(f.name for f in files)
-    (dest / REJECTED_FILE).unlink(missing_ok=True)
-    write_json(dest / REPORT_FILE, report)
+        write_json(dest / REPORT_FILE, report)
     return OnnxResult(dest / MODEL_FILE, dest / REPORT_FILE, report, parity=report["parity"])
 
 
-def _reject(dest: Path, staging: Staging, files: list[Path], report: dict, error: Exception):
-    """Keep the failing model only as model.rejected.onnx, write the report, raise `error`."""
+def _reject(dest: Path, staging: Staging, files: list[Path], report: dict, error: type[Exception], message: str):
+    """Publish the failing build under rejected/ (its report says why) and raise; a verified export in `dest`
+    stays untouched. External-data models keep only the report there: they are too large to keep for debugging."""
     report["status"] = "failed"
-    report["error"] = str(error)
-    if len(files) == 1:  # external-data models are too large to keep around for debugging
-        staging.publish([files[0].name])
-        (dest / files[0].name).replace(dest / REJECTED_FILE)
-        report["artifact"]["file"] = REJECTED_FILE
-    for stale in (dest / MODEL_FILE, dest / (MODEL_FILE + ".data")):
-        stale.unlink(missing_ok=True)  # the report no longer describes it
-    write_json(dest / REPORT_FILE, report)
-    raise error
+    report["error"] = message
+    keep = [files[0].name] if len(files) == 1 else []
+    rejected = staging.reject(keep, REPORT_FILE, report)
+    kept = (f"; the verified {MODEL_FILE} in {dest} is unchanged" if (dest / REPORT_FILE).is_file()
+            else "")
+    raise error(f"{message} (rejected build: {rejected}{kept})", report=rejected)
 
 
 def verify_in_onnxruntime(path: Path, prepared: PreparedModel, tolerance, dynamic_batch: bool) -> ParityReport:

@@ -1,10 +1,9 @@
 """The reference every backend is compared with: the PyTorch FP32 model (as built, before any deploy rewrite) on
-the parity inputs. Cached in `<out>/<recipe>/reference.npz`, keyed by the verified ONNX's fingerprint and the
-image folder, so that `openvino`, `trt`, `verify` and `bench` on one recipe build the PyTorch model once."""
+the parity inputs. Cached in `reference.npz` beside the verified ONNX the backends start from, keyed by its
+fingerprint and the images' contents, so that `openvino`, `trt`, `verify` and `bench` build the PyTorch model once."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections.abc import Callable
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from effexport.exporter.artifacts import recipe_dir, write_bytes
-from effexport.exporter.inputs import image_files, parity_inputs
-from effexport.exporter.pipeline import OnnxResult, Progress, WeightsSpec, build_model, run_torch
-from effexport.recipes import Recipe
+from effexport.exporter.artifacts import write_bytes
+from effexport.exporter.inputs import images_key, parity_inputs
+from effexport.exporter.pipeline import OnnxResult, Progress, build_model, run_torch
+from effexport.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +29,24 @@ class Reference:
     description: str
 
 
-def images_key(images: Path | None) -> str:
-    """Changes when the folder's images change (names, sizes, modification times)."""
-    if images is None:
-        return "builtin"
-    digest = hashlib.sha256()
-    for path in image_files(images):
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return f"{Path(images).resolve()}:{digest.hexdigest()[:16]}"
+def reference_for(job: Job, onnx_result: OnnxResult, progress: Progress | None = None) -> Reference:
+    """PyTorch FP32 outputs on the parity inputs, computed once per (model, images) and cached beside the export."""
+    return cached_reference(job, onnx_result, onnx_result.path.parent / REFERENCE_FILE, images_key(job.images),
+                            lambda: parity_inputs(job.preprocess, images_dir=job.images), progress)
 
 
-def reference_for(recipe: Recipe, weights: WeightsSpec, img_size: int | None, onnx_result: OnnxResult,
-                  images: Path | None, out: Path, progress: Progress | None = None) -> Reference:
-    """PyTorch FP32 outputs on the parity inputs, computed once per (model, images) and cached."""
-    pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
-    return cached_reference(recipe, weights, onnx_result, out, REFERENCE_FILE, images_key(images),
-                            lambda: parity_inputs(pp, images_dir=images), progress)
-
-
-def cached_reference(recipe: Recipe, weights: WeightsSpec, onnx_result: OnnxResult, out: Path, file_name: str,
-                     inputs_key: str, make_inputs: Callable[[], tuple[np.ndarray, str]],
-                     progress: Progress | None = None) -> Reference:
-    """PyTorch FP32 outputs on the inputs `make_inputs` returns (with their description), cached in
-    `<out>/<recipe>/<file_name>` under the verified ONNX's fingerprint and `inputs_key`."""
+def cached_reference(job: Job, onnx_result: OnnxResult, path: Path, inputs_key: str,
+                     make_inputs: Callable[[], tuple[np.ndarray, str]], progress: Progress | None = None) -> Reference:
+    """PyTorch FP32 outputs on the inputs `make_inputs` returns (with their description), cached in `path` under
+    the verified ONNX's fingerprint and `inputs_key`."""
     say = progress or (lambda _msg: None)
-    path = recipe_dir(out, recipe.name) / file_name
     key = f"{onnx_result.report.get('fingerprint')}|{inputs_key}"
     cached = _load(path, key)
     if cached is not None:
         return cached
     inputs, described = make_inputs()
     say(f"running the PyTorch FP32 reference on {len(inputs)} inputs")
-    model, _ = build_model(recipe, weights)
+    model, _ = build_model(job.recipe, job.weights)
     reference = Reference(inputs, run_torch(model, inputs), described)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), inputs=reference.inputs, outputs=reference.outputs,

@@ -1,5 +1,5 @@
 """`effexport verify`: every requested backend and precision on the same inputs, against PyTorch FP32, in one
-table. The table is always written to `<out>/<recipe>/verify.json`; any failing row fails the command."""
+table. The table is always written to `<out>/<model>/verify.json`; any failing row fails the command."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 
 from effexport.calibration.build import RANDOM_NOTE, Int8Result
 from effexport.errors import EffexportError, UsageError
-from effexport.exporter.artifacts import DEFAULT_OUT, write_json
+from effexport.exporter.artifacts import write_json
 from effexport.exporter.backends import BACKENDS, get_backend
-from effexport.exporter.deploy import Int8Spec, SourceSpec, ensure_artifact, open_context, run_parity
-from effexport.exporter.parity import POLICY, ParityReport, Tolerance
+from effexport.exporter.deploy import ensure_artifact, existing_options, open_context, run_parity
+from effexport.exporter.parity import POLICY, ParityReport, Tolerance, looser, tolerance_for
 from effexport.exporter.pipeline import Progress, tool_versions
+from effexport.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ class VerifyResult:
         return [r for r in self.rows if r.failed]
 
 
-def policy_with(overrides: dict[str, Tolerance] | None) -> dict[str, Tolerance]:
-    return {**POLICY, **(overrides or {})}
-
-
 def check_backends(backends: list[str], precisions: list[str]) -> None:
     """Fail in one line, before any work, when a requested backend cannot run here."""
     for name in backends:
@@ -70,16 +67,15 @@ def check_backends(backends: list[str], precisions: list[str]) -> None:
         raise UsageError(f"none of {', '.join(backends)} supports {', '.join(precisions)}")
 
 
-def verify_recipe(name: str, backends: list[str], precisions: list[str], source: SourceSpec | None = None,
-                  images: Path | None = None, tolerances: dict[str, Tolerance] | None = None,
-                  out: Path = DEFAULT_OUT, options: dict[str, Any] | None = None,
-                  progress: Progress | None = None, int8: Int8Spec | None = None) -> VerifyResult:
-    """Build (or reuse) each backend's artifact, run it on the parity inputs, compare with PyTorch FP32. INT8 rows
-    come from one calibration (`int8`), each backend running its own form, compared on photographs the
-    calibration did not see; with random weights they are reported, not enforced."""
+def verify_recipe(job: Job, backends: list[str], precisions: list[str], options: dict[str, Any] | None = None,
+                  progress: Progress | None = None) -> VerifyResult:
+    """Build (or reuse) each backend's artifact, run it on the parity inputs, compare with PyTorch FP32 under the
+    job's tolerances. An artifact the user built (a TensorRT engine with their batch profile) is used when it
+    matches. INT8 rows come from the job's one calibration, each backend running its own form, compared on
+    photographs the calibration did not see; with random weights they are reported, not enforced."""
     check_backends(backends, precisions)
-    policy = policy_with(tolerances)
-    ctx = open_context(name, source or SourceSpec(), out, images, progress, int8)
+    policy = {p: job.tolerance(p) for p in POLICY}
+    ctx = open_context(job, progress)
     reference = ctx.reference()
     rows = []
     for backend in backends:
@@ -89,16 +85,17 @@ def verify_recipe(name: str, backends: list[str], precisions: list[str], source:
                                       note=f"{backend} runs {', '.join(BACKENDS[backend].precisions)}"))
                 continue
             ctx.say(f"verifying {backend} {precision}")
-            rows.append(_verify_one(ctx, backend, precision, policy[precision], (options or {}).get(backend)))
+            chosen = (options or {}).get(backend) or existing_options(ctx, backend, precision)
+            rows.append(_verify_one(ctx, backend, precision, policy[precision], chosen))
     calibration = ctx.int8_build() if "int8" in precisions and any(r.precision == "int8" and r.artifact
                                                                    for r in rows) else None
-    result = VerifyResult(ctx.recipe.name, reference.description, rows, policy, ctx.folder / VERIFY_FILE,
-                          ctx.onnx.report.get("weights"), calibration)
+    result = VerifyResult(ctx.recipe.name, reference.description, rows, policy,
+                          ctx.folder / f"verify{ctx.job.variant}.json", ctx.onnx.report.get("weights"), calibration)
     write_json(result.path, {
         "recipe": result.recipe,
         "reference": "PyTorch FP32 (eager, before deploy rewrites)",
         "inputs": result.inputs,
-        "source_onnx": {"file": str(ctx.onnx.path), "sha256": ctx.onnx.report["artifact"]["sha256"]},
+        "source_onnx": {"file": str(ctx.onnx.path), "fingerprint": ctx.onnx.report["fingerprint"]},
         "weights": ctx.onnx.report.get("weights"),
         "policy": {k: _tol(v) for k, v in policy.items()},
         **({"int8_calibration": str(calibration.manifest_path)} if calibration else {}),
@@ -112,13 +109,13 @@ def verify_recipe(name: str, backends: list[str], precisions: list[str], source:
 
 def _verify_one(ctx, backend: str, precision: str, tolerance: Tolerance, options: Any) -> VerifyRow:
     try:
-        # The artifact is built (or reused) under the default policy; this row judges it under `tolerance`.
-        artifact = ensure_artifact(ctx, backend, precision, options)
+        # Built (or reused) under the looser of the two: a row outside the user's tolerance fails, it is not rebuilt
+        artifact = ensure_artifact(ctx, backend, precision, options, looser(tolerance, tolerance_for(precision)))
         reference = ctx.reference(precision)
         report, execution = run_parity(artifact, precision, reference, tolerance, options)
     except EffexportError as exc:
         log.info("%s %s: %s", backend, precision, exc)
-        return VerifyRow(backend, precision, "error", note=str(exc), parity=_failed_parity(ctx, backend, precision))
+        return VerifyRow(backend, precision, "error", note=str(exc), parity=_failed_parity(exc))
     status = "passed" if report.passed else "failed" if ctx.enforced(precision) else "not enforced"
     note = "; ".join(report.failures) + (f" ({RANDOM_NOTE})" if status == "not enforced" else "")
     return VerifyRow(backend, precision, status,
@@ -131,14 +128,12 @@ def _parity_dict(report: ParityReport) -> dict:
     return report.to_dict()
 
 
-def _failed_parity(ctx, backend: str, precision: str) -> dict | None:
-    """The numbers of a build whose own parity check failed, from the report it left."""
+def _failed_parity(exc: EffexportError) -> dict | None:
+    """The numbers of a build whose own parity check failed, from the report the error names."""
     from effexport.exporter.artifacts import read_json
-    from effexport.exporter.deploy import REPORT_FILE, artifact_folder, artifact_precision
 
-    built_for = artifact_precision(get_backend(backend), precision)
-    report = read_json(artifact_folder(ctx, backend, built_for) / REPORT_FILE) or {}
-    return report.get("parity") if report.get("status") == "failed" else None
+    parity = (read_json(exc.report) or {}).get("parity") if exc.report else None
+    return parity.get("onnxruntime", parity) if parity else None  # an export report keys parity by runtime
 
 
 def _tol(tolerance: Tolerance) -> dict:

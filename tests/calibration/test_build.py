@@ -1,4 +1,5 @@
-"""build_int8: one calibration, every form, the cache, the manifest, reuse, and the keep-float report."""
+"""ensure_int8 (and Context.int8_build): one calibration, every form, the cache, the manifest, reuse, rejected
+builds, and the keep-float report."""
 
 import json
 import shutil
@@ -7,34 +8,45 @@ import numpy as np
 import pytest
 
 from effexport.calibration import build
-from effexport.calibration.build import Int8Options, build_int8, ensure_int8
+from effexport.calibration.build import ensure_int8
+from effexport.calibration.options import Int8Options
 from effexport.calibration.qdq import check_tensorrt_qdq
 from effexport.errors import ParityError
-from effexport.exporter.pipeline import OnnxOptions, export_recipe
+from effexport.exporter.artifacts import LOCK_FILE, REJECTED_DIR
+from effexport.exporter.deploy import open_context
+from effexport.exporter.pipeline import export_recipe
+from effexport.job import ExportOptions, parse_tolerances, resolve_job
 from effexport.recipes import get_recipe
 from tests.calibration.conftest import write_corrupt, write_images
 
 RECIPE = "mobilenetv3_small"
-SMALL = OnnxOptions(img_size=64)
+SMALL = ExportOptions(img_size=64, dynamic_batch=True)  # INT8 starts from the dynamic-batch export
 PP = get_recipe(RECIPE).preprocess.at(64)
+IMPOSSIBLE = parse_tolerances(["int8:min_cosine=1.01"])["int8"]  # stands in for a bad quantization
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One verified FP32 export shared by the tests; each copies it into its own folder."""
-    return export_recipe(RECIPE, options=SMALL, out=tmp_path_factory.mktemp("fp32")).path
+    return export_recipe(resolve_job(RECIPE, export=SMALL, out=tmp_path_factory.mktemp("fp32"))).path
 
 
 @pytest.fixture
 def fp32(exported, tmp_path):
-    dest = tmp_path / "out" / RECIPE
+    dest = tmp_path / "out" / RECIPE / exported.parent.name
     dest.mkdir(parents=True)
     return shutil.copy(exported, dest / "model.onnx")
 
 
+def ensure(fp32, options: Int8Options, **kw):
+    """ensure_int8 into the folders the workflow uses: `<model>/<options.tag>/` and `<model>/calibration-cache/`."""
+    model_dir = fp32.parent.parent
+    return ensure_int8(get_recipe(RECIPE), fp32, PP, options, model_dir / options.tag, model_dir / build.CACHE_DIR,
+                       **kw)
+
+
 def int8(fp32, calib, **options):
-    return ensure_int8(get_recipe(RECIPE), fp32, PP, calib, Int8Options(openvino=False, **options),
-                       random_weights=True)
+    return ensure(fp32, Int8Options(source=calib, openvino=False, **options), random_weights=True)
 
 
 @pytest.fixture
@@ -46,9 +58,15 @@ def calib_dir(tmp_path):
 
 
 def test_build_writes_every_form_the_cache_and_the_manifest(calib_dir, exported):
-    out = exported.parent.parent  # the FP32 export there is reused
-    result = build_int8(RECIPE, calib_dir, Int8Options(calib_size=6, openvino=False), out, onnx_options=SMALL)
+    out = exported.parent.parent.parent  # the FP32 export there is reused
+    job = resolve_job(RECIPE, export=ExportOptions(img_size=64),
+                      calibration=Int8Options(source=calib_dir, calib_size=6, openvino=False), out=out)
+    ctx = open_context(job)
+    assert ctx.onnx.reused and ctx.onnx.path == exported
+    result = ctx.int8_build(enforce=None)  # what `effexport calibrate` does
+    assert result.dest == ctx.int8_folder == out / RECIPE / "int8-minmax-n6-seed0-64px"
     assert set(result.files) == {"qdq", "ort_cpu"} and all(p.is_file() for p in result.files.values())
+    assert all(p.parent == result.dest for p in result.files.values())
     assert result.files["qdq"].name == "model_int8_qdq.onnx" and not result.cache_reused and not result.reused
     assert check_tensorrt_qdq(result.files["qdq"]).passed
     manifest = json.loads(result.manifest_path.read_text())
@@ -63,8 +81,8 @@ def test_build_writes_every_form_the_cache_and_the_manifest(calib_dir, exported)
     assert {"/conv_stem/Conv"} <= {k["node"] for k in manifest["keep_float"]}
     assert all(k["reason"] for k in manifest["keep_float"])
     assert set(manifest["parity"]) == {"qdq", "ort_cpu"} and not manifest["parity_judged"]  # random weights
-    assert result.cache_path.is_file() and result.cache_path.parent.name == "calibration-cache"
-    assert not [p for p in out.rglob(".*")]  # no staging or temporary files left
+    assert result.cache_path.is_file() and result.cache_path.parent == out / RECIPE / "calibration-cache"
+    assert not [p for p in out.rglob(".*") if p.name != LOCK_FILE]  # no staging or temporary files left
 
 
 def test_second_run_reuses_and_a_changed_method_recalibrates(calib_dir, fp32):
@@ -89,21 +107,27 @@ def test_corrupt_files_are_named_in_the_manifest(calib_dir, fp32):
     assert result.manifest["data"]["count"] == 8
 
 
-def test_parity_failure_of_a_trained_model_is_an_error_and_publishes_nothing(calib_dir, fp32):
+def test_parity_failure_of_a_trained_model_is_an_error_and_goes_to_rejected(calib_dir, fp32):
     result = int8(fp32, calib_dir, calib_size=3)
+    verified = {name: build.sha256_of(path) for name, path in result.files.items()}
     with pytest.raises(ParityError, match="beyond the tolerance"):
         # an impossible tolerance stands in for a bad quantization of a model with real weights
-        ensure_int8(get_recipe(RECIPE), fp32, PP, calib_dir,
-                    Int8Options(calib_size=3, openvino=False, min_cosine=1.01, force=True), random_weights=False)
-    manifest = json.loads(result.manifest_path.read_text())
+        ensure(fp32, Int8Options(source=calib_dir, calib_size=3, openvino=False), tolerance=IMPOSSIBLE,
+               random_weights=False, force=True)
+    # the failing build is published under rejected/, with a manifest that says why ...
+    rejected = result.dest / REJECTED_DIR
+    manifest = json.loads((rejected / build.MANIFEST_FILE).read_text())
     assert manifest["status"] == "failed" and manifest["parity_judged"]
-    assert not result.files["qdq"].exists() and not result.files["ort_cpu"].exists()
+    assert (rejected / result.files["qdq"].name).is_file() and (rejected / result.files["ort_cpu"].name).is_file()
+    # ... and the verified forms beside it are untouched
+    assert json.loads(result.manifest_path.read_text()) == json.loads(json.dumps(result.manifest))
+    assert {name: build.sha256_of(path) for name, path in result.files.items()} == verified
 
 
 @pytest.mark.openvino
 def test_openvino_nncf_model(fp32):
     pytest.importorskip("nncf")
-    result = ensure_int8(get_recipe(RECIPE), fp32, PP, None, Int8Options(openvino=True), random_weights=True)
+    result = ensure(fp32, Int8Options(openvino=True), random_weights=True)
     xml = result.files["openvino"]
     assert xml.name == "model_int8.xml" and xml.with_suffix(".bin").is_file()
     assert result.manifest["forms"]["openvino"]["nncf"]["ignored_ops"]  # the keep-float layers reach NNCF
@@ -132,14 +156,20 @@ def test_parity_is_measured_on_held_out_photographs_and_reported_loudly_for_rand
 
 
 def test_backend_builds_enforce_nothing_but_calibrate_still_fails_on_the_same_manifest(calib_dir, fp32):
-    options = Int8Options(calib_size=3, openvino=False, min_cosine=1.01)  # stands in for a bad quantization
-    built = ensure_int8(get_recipe(RECIPE), fp32, PP, calib_dir, options, random_weights=False, enforce=())
+    options = Int8Options(source=calib_dir, calib_size=3, openvino=False)
+    built = ensure(fp32, options, tolerance=IMPOSSIBLE, random_weights=False, enforce=())
     assert built.manifest["status"] == "passed" and not any(p["passed"] for p in built.manifest["parity"].values())
     assert built.files["ort_cpu"].is_file()  # the backend's own check against PyTorch decides
+    ort_cpu = build.sha256_of(built.files["ort_cpu"])
+    with pytest.raises(ParityError, match="outside the tolerance asked for"):
+        ensure(fp32, options, tolerance=IMPOSSIBLE, random_weights=False)  # reused, judged again: nothing moves
+    assert built.files["ort_cpu"].is_file() and build.sha256_of(built.files["ort_cpu"]) == ort_cpu
+    assert json.loads(built.manifest_path.read_text())["status"] == "passed"
+    assert not (built.dest / REJECTED_DIR).exists()
     with pytest.raises(ParityError, match="beyond the tolerance"):
-        ensure_int8(get_recipe(RECIPE), fp32, PP, calib_dir, options, random_weights=False)
-    assert not built.files["ort_cpu"].exists()
-    assert json.loads(built.manifest_path.read_text())["status"] == "failed"
+        ensure(fp32, options, tolerance=IMPOSSIBLE, random_weights=False, force=True)  # rebuilt: rejected/
+    assert json.loads((built.dest / REJECTED_DIR / build.MANIFEST_FILE).read_text())["status"] == "failed"
+    assert build.sha256_of(built.files["ort_cpu"]) == ort_cpu
 
 
 def test_cpu_choice_sets_the_weight_range_of_the_cpu_form():

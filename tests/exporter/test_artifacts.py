@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -21,13 +22,23 @@ def test_written_files_get_the_users_usual_permissions(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text()) == {"path": str(tmp_path)}
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     target = tmp_path / "report.json"
     write_json(target, {"run": 1})
-    with pytest.raises(TypeError):
-        write_json(target, {"run": object()})
+    written = []
+    real_replace = os.replace
+
+    def replace_fails(src, dst):  # the new bytes are on disk in the temporary, then the move fails
+        written.append(Path(src).read_bytes())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", replace_fails)
+    with pytest.raises(OSError):
+        write_json(target, {"run": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert written and json.loads(written[0]) == {"run": 2}  # the failure came after the temporary was written
     assert json.loads(target.read_text()) == {"run": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # and the temporary was removed
 
 
 def test_a_record_is_reused_only_while_it_passed_and_its_files_are_intact(tmp_path):

@@ -11,9 +11,10 @@ from effexport.errors import ParityError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.deploy import SourceSpec, ensure_artifact, open_context
+from effexport.exporter.deploy import ensure_artifact, open_context
 from effexport.exporter.onnx_fp16 import fp16_graph_file
 from effexport.exporter.parity import compare, tolerance_for
+from effexport.job import ExportOptions, resolve_job
 
 
 def _model():
@@ -47,13 +48,15 @@ def test_fp16_graph_keeps_fp32_io_is_sorted_and_checked(tmp_path):
 
 
 def test_recipe_fp16_variant_is_verified_and_reused(tmp_path):
-    ctx = open_context("mobilenetv3_small", SourceSpec(img_size=64), tmp_path)
+    ctx = open_context(resolve_job("mobilenetv3_small", export=ExportOptions(img_size=64), out=tmp_path))
     artifact = ensure_artifact(ctx, "onnxruntime", "fp16")
-    assert artifact.path == tmp_path / "mobilenetv3_small" / "onnxruntime-fp16" / "model.onnx"
+    assert artifact.path == tmp_path / "mobilenetv3_small" / "onnxruntime-fp16-64px" / "model.onnx"
     report = artifact.report
     assert report["status"] == "passed" and report["parity"]["tolerance"] == {"min_cosine": 0.999, "min_top1": 0.99}
-    assert report["source_onnx"]["file"] == "model.onnx" and report["parity"]["samples"] == 16
+    assert report["source_onnx"]["file"] == "onnx-dynamic-64px/model.onnx" and report["parity"]["samples"] == 16
     assert ensure_artifact(ctx, "onnxruntime", "fp16").reused
+    good = artifact.path.read_bytes()
     with pytest.raises(ParityError, match="differs from PyTorch"):
         ensure_artifact(ctx, "onnxruntime", "fp16", tolerance=tolerance_for("fp16", max_rel=1e-9), force=True)
-    assert not artifact.path.exists()  # a failed build leaves no artifact that its report does not describe
+    assert artifact.path.read_bytes() == good  # a stricter rebuild never destroys the verified artifact
+    assert (artifact.folder / "rejected" / "model.onnx").is_file()

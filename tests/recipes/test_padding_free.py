@@ -7,8 +7,9 @@ import torch
 from onnx import helper
 
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, build_model, export_recipe
+from effexport.exporter.pipeline import build_model, export_recipe
 from effexport.exporter.profile import count_macs, count_params
+from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
 from effexport.recipes.padding_free import VARIANTS, HybridStem, PaddingFreeDown
 
@@ -45,7 +46,7 @@ def test_hybrid_stem_concatenates_depthwise_and_pool_then_fuses():
 @pytest.mark.parametrize("name", sorted(STRIDED))
 def test_export_has_maxpool_branches_and_no_pad(name, tmp_path):
     cifar = VARIANTS[name][2]
-    result = export_recipe(name, WeightsSpec(), OnnxOptions(img_size=None if cifar else 64), tmp_path)
+    result = export_recipe(resolve_job(name, export=ExportOptions(img_size=None if cifar else 64), out=tmp_path))
     model = onnx.load(str(result.path))
     counts = result.report["node_counts"]
     assert "Pad" not in counts, counts

@@ -9,9 +9,10 @@ from torch import nn
 
 from effexport.errors import UsageError
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.pipeline import OnnxOptions, WeightsSpec, export_recipe
+from effexport.exporter.pipeline import export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs
 from effexport.exporter.rewrite import apply_rewrites
+from effexport.job import ExportOptions, resolve_job
 from effexport.recipes import get_recipe, list_recipes
 
 DEFAULT_RUN_GMACS = 1.2  # exports above this run under `slow`; the issue asks up to about 1 GMAC by default
@@ -58,7 +59,7 @@ def test_build_and_rewrites_preserve_outputs(name):
 
 @pytest.mark.parametrize("name", EXPORT_PARAMS)
 def test_export_and_onnxruntime_parity(name, tmp_path):
-    result = export_recipe(name, WeightsSpec(), OnnxOptions(), tmp_path)
+    result = export_recipe(resolve_job(name, out=tmp_path))
     report = result.report
     assert report["status"] == "passed" and report["parity"]["onnxruntime"]["passed"]
     assert report["parity"]["onnxruntime"]["max_rel"] <= 1e-4
@@ -69,27 +70,27 @@ def test_export_and_onnxruntime_parity(name, tmp_path):
 
 
 def test_rexnet_shortcut_exports_without_slice_or_concat(tmp_path):
-    result = export_recipe("rexnet_1.0", WeightsSpec(), OnnxOptions(), tmp_path)
+    result = export_recipe(resolve_job("rexnet_1.0", out=tmp_path))
     counts = result.report["node_counts"]
     assert "Slice" not in counts and "Concat" not in counts and counts["Pad"] == 11
 
 
 def test_tresnet_space_to_depth_is_one_node(tmp_path):
-    result = export_recipe("tresnet_m", WeightsSpec(), OnnxOptions(img_size=128), tmp_path)
+    result = export_recipe(resolve_job("tresnet_m", export=ExportOptions(img_size=128), out=tmp_path))
     counts = result.report["node_counts"]
     assert counts["SpaceToDepth"] == 1 and not {"Reshape", "Transpose"} & set(counts)
 
 
 def test_tf_same_padding_leaves_no_pad_or_shape_nodes(tmp_path):
-    result = export_recipe("efficientnet_lite0", WeightsSpec(), OnnxOptions(img_size=160), tmp_path)
+    result = export_recipe(resolve_job("efficientnet_lite0", export=ExportOptions(img_size=160), out=tmp_path))
     assert not {"Pad", "Shape", "Gather"} & set(result.report["node_counts"])
 
 
 def test_dynamic_batch_export_runs_at_any_batch(tmp_path):
     from effexport.exporter.backends.onnxruntime import OrtRunner
 
-    result = export_recipe("efficientnet_b0", WeightsSpec(), OnnxOptions(dynamic_batch=True, img_size=128),
-                           tmp_path)
+    result = export_recipe(resolve_job("efficientnet_b0", export=ExportOptions(dynamic_batch=True, img_size=128),
+                                       out=tmp_path))
     assert result.report["inputs"][0]["shape"][0] == "batch"
     with OrtRunner(result.path) as runner:
         for n in (1, 3):

@@ -103,6 +103,16 @@ def covers(options: TrtOptions, batch: int) -> bool:
     return options.min_batch <= batch <= options.max_batch
 
 
+def options_for_batch(batch: int) -> TrtOptions:
+    """What verify/bench build when no engine of the user's covers `batch`: a static profile at exactly `batch`."""
+    return TrtOptions.from_batches(batch=batch)
+
+
+def options_from_record(record: dict[str, Any]) -> TrtOptions:
+    """The options an engine's report.json recorded (`TrtOptions.identity()`), to find and reuse that engine."""
+    return TrtOptions(**record)
+
+
 def default_options(options: TrtOptions | None, recipe_folder: Path) -> TrtOptions:
     """Fill in the recipe's timing cache so that every rebuild starts from the last build's timings."""
     options = options or TrtOptions()

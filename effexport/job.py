@@ -1,0 +1,194 @@
+"""One resolved job per command: everything that shapes an artifact's bytes, checked before any work.
+
+The CLI only parses; `resolve_job` turns what was typed into one `Job`: the recipe configured with its options,
+the weights, the export options, the calibration, the parity images, the tolerances and the output root. Bad
+input is refused here, in one line, before torch builds anything: an unknown recipe, a missing or non-file
+`--weights`, a calibration or image source that does not exist, an output root that cannot be written.
+
+Every workflow function (export, backends, calibrate, verify, bench) takes a Job. An artifact's identity is the
+digest of the parts of the Job that shape its bytes, every input file named by its contents (`content_digest`),
+never by its path or modification time; the folder an artifact lives in is named by the options that shape it
+(`ExportOptions.tag`, `Job.variant`), so artifacts built with other options live side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from effexport.calibration.options import Int8Options
+from effexport.errors import UsageError
+from effexport.exporter.artifacts import DEFAULT_OUT, recipe_dir
+from effexport.exporter.parity import POLICY, Tolerance, looser, tolerance_for
+from effexport.recipes import Preprocess, Recipe, RecipeParams, check_recipe_name, configure, get_recipe
+
+DEFAULT_OPSET = 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch here
+TOLERANCE_KEYS = ("max_rel", "min_cosine", "min_top1")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What shapes the ONNX file itself."""
+
+    opset: int = DEFAULT_OPSET
+    batch: int = 1
+    dynamic_batch: bool = False
+    img_size: int | None = None
+    simplify: bool = True
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise UsageError(f"--batch must be at least 1, got {self.batch}")
+        if self.dynamic_batch and self.batch != 1:
+            raise UsageError("--batch and --dynamic-batch exclude each other")
+        if self.img_size is not None and self.img_size < 32:
+            raise UsageError(f"--img-size must be at least 32, got {self.img_size}")
+
+    @property
+    def batch_tag(self) -> str:
+        return "dynamic" if self.dynamic_batch else f"b{self.batch}"
+
+    def variant(self, default_size: int) -> str:
+        """The folder-name suffix of the options every artifact built from this export shares ('' when default)."""
+        parts = []
+        if self.img_size is not None and self.img_size != default_size:
+            parts.append(f"{self.img_size}px")
+        if self.opset != DEFAULT_OPSET:
+            parts.append(f"opset{self.opset}")
+        if not self.simplify:
+            parts.append("nosimplify")
+        return "".join(f"-{p}" for p in parts)
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where the weights come from: a file, timm's pretrained weights, or (neither) random."""
+
+    path: Path | None = None
+    pretrained: bool = False
+    use_ema: bool = False
+
+    def __post_init__(self):
+        if self.path is not None and self.pretrained:
+            raise UsageError("give either --weights or --pretrained, not both")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one command works from, resolved once."""
+
+    name: str  # as typed
+    recipe: Recipe  # configured with `params`
+    params: RecipeParams = RecipeParams()
+    weights: WeightsSpec = WeightsSpec()
+    export: ExportOptions = ExportOptions()
+    calibration: Int8Options = Int8Options()  # INT8: the one calibration every INT8 artifact comes from
+    images: Path | None = None  # the user's photographs for the parity checks
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)  # overrides of parity.POLICY
+    out: Path = DEFAULT_OUT
+    force: bool = False
+
+    @property
+    def folder(self) -> Path:
+        """`<out>/<model>/`: every artifact of this recipe (and point of a slimmable recipe) lives below it."""
+        return recipe_dir(self.out, self.recipe.name)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        size = self.export.img_size
+        return self.recipe.preprocess.at(size) if size else self.recipe.preprocess
+
+    @property
+    def variant(self) -> str:
+        return self.export.variant(self.recipe.preprocess.crop_size[0])
+
+    def tolerance(self, precision: str) -> Tolerance:
+        return self.tolerances.get(precision) or tolerance_for(precision)
+
+    def for_backends(self) -> Job:
+        """The same job on the dynamic-batch export every backend artifact is built from. That export is built
+        under the looser of the user's FP32 tolerance and the default: it is the source, not the thing judged
+        (verify's onnxruntime fp32 row judges it under the user's)."""
+        fp32 = looser(self.tolerance("fp32"), tolerance_for("fp32"))
+        return replace(self, export=replace(self.export, batch=1, dynamic_batch=True),
+                       tolerances={**self.tolerances, "fp32": fp32})
+
+
+def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = False, ema: bool = False,
+                export: ExportOptions | None = None, params: RecipeParams | None = None,
+                calibration: Int8Options | None = None, images: Path | None = None,
+                tolerances: Iterable[str] | Mapping[str, Tolerance] = (), out: Path = DEFAULT_OUT,
+                force: bool = False) -> Job:
+    """Check every input and resolve the recipe; raises UsageError in one line before any work.
+
+    `tolerances` are `PRECISION:KEY=VALUE` strings (`--tolerance`) or an already parsed mapping.
+    """
+    check_recipe_name(name)  # an unknown name is refused before anything imports torch
+    export = export or ExportOptions()
+    calibration = calibration or Int8Options()
+    if weights is not None:
+        from effexport.exporter.checkpoint import check_weights_path
+
+        weights = check_weights_path(Path(weights))
+    spec = WeightsSpec(path=weights, pretrained=pretrained, use_ema=ema)
+    if calibration.source is not None:
+        _check_source(calibration.source, "--calib", arrays=True)
+    if images is not None:
+        _check_source(images, "--images", arrays=False)
+    params = params or RecipeParams()
+    if calibration.source is not None and params.calib is None:
+        params = replace(params, calib=calibration.source)  # slimmable recipes re-estimate BatchNorm on it
+    parsed = tolerances if isinstance(tolerances, Mapping) else parse_tolerances(tolerances)
+    recipe = configure(get_recipe(name), params, img_size=export.img_size)
+    from effexport.exporter.onnx import check_opset  # imports torch: only once the recipe is known
+
+    check_opset(export.opset)
+    check_output_root(Path(out))
+    return Job(name, recipe, params, spec, export, calibration, Path(images) if images else None, dict(parsed),
+               Path(out), force)
+
+
+def parse_tolerances(items: Iterable[str]) -> dict[str, Tolerance]:
+    """`--tolerance PRECISION:KEY=VALUE` (repeatable) -> {precision: Tolerance}, each over the default policy."""
+    out: dict[str, Tolerance] = {}
+    for item in items:
+        try:
+            precision, setting = item.split(":", 1)
+            key, value = setting.split("=", 1)
+            if precision not in POLICY or key not in TOLERANCE_KEYS:
+                raise ValueError
+            out[precision] = replace(out.get(precision) or tolerance_for(precision), **{key: float(value)})
+        except ValueError:
+            raise UsageError(f"--tolerance takes PRECISION:KEY=VALUE with PRECISION one of {', '.join(POLICY)} and "
+                             f"KEY one of {', '.join(TOLERANCE_KEYS)}; got {item!r}") from None
+    return out
+
+
+def _check_source(path: Path, option: str, arrays: bool) -> None:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{option} {path} does not exist")
+    if path.is_file() and not (arrays and path.suffix.lower() in (".npy", ".npz")):
+        what = "a folder of images or a .npy/.npz file" if arrays else "a folder of images"
+        raise UsageError(f"{option} {path} is a file; it takes {what}")
+
+
+def check_output_root(out: Path) -> None:
+    """Refuse an output root that cannot be written, before any work and without creating anything."""
+    probe = Path(out).absolute()
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".effexport-write-check-", dir=probe)
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be written ({probe}: {exc.strerror or exc}); choose another "
+                         f"folder with --out") from None
+    os.close(fd)
+    os.unlink(tmp)
