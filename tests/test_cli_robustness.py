@@ -165,3 +165,19 @@ def test_an_unknown_recipe_is_refused_without_importing_torch_closest_name_first
     closest = " ".join(result.stderr.split()).split("Closest: ")[1]
     assert closest.startswith("rexnet_1.0")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_really_full_disk_exits_5_and_leaves_nothing(capsys, tmp_path):
+    """A 24 MB tmpfs: the torch export of rexnet_1.0 (19 MB) fits, the ONNX save after it does not."""
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()} (the in-process disk-full "
+                    f"test above covers the error path)")
+    try:
+        code, _, err = run(["onnx", "rexnet_1.0", "--out", str(full / "out")], capsys)
+        assert code == 5 and err.startswith("error: no space left on the device writing") and "Traceback" not in err
+        assert [p.name for p in (full / "out" / "rexnet_1.0").iterdir()] == [artifacts.LOCK_FILE]
+    finally:
+        subprocess.run(["umount", str(full)], check=False)

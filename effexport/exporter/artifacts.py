@@ -151,6 +151,10 @@ class Staging:
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            self.dest.rmdir()  # only if the failed run left it empty: a folder with nothing in it explains nothing
+        except OSError:
+            pass
 
     def publish(self, names: Iterable[str], into: Path | None = None) -> list[Path]:
         # Data files first, so a model file never points at data that is not yet in place.

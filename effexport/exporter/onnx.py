@@ -149,6 +149,13 @@ def io_spec(model: onnx.ModelProto) -> dict:
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Save; above the protobuf limit, all weights go to one `<name>.data` file beside it."""
     path = Path(path)
+    try:
+        return _save(model, path)
+    except OSError as exc:  # onnx's writer drops the file name: keep it for the one-line error
+        raise OSError(exc.errno, exc.strerror, str(exc.filename or path)) from exc
+
+
+def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
     large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_bytesize(model) else True
     if large:
         data = path.with_name(path.name + ".data")

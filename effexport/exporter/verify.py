@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from effexport.calibration.build import RANDOM_NOTE, Int8Result
-from effexport.errors import EffexportError, UsageError
+from effexport.errors import EffexportError, ParityError, UsageError
 from effexport.exporter.artifacts import write_json
 from effexport.exporter.backends import BACKENDS, get_backend
 from effexport.exporter.deploy import ensure_artifact, existing_options, open_context, run_parity
@@ -113,6 +113,9 @@ def _verify_one(ctx, backend: str, precision: str, tolerance: Tolerance, options
         artifact = ensure_artifact(ctx, backend, precision, options, looser(tolerance, tolerance_for(precision)))
         reference = ctx.reference(precision)
         report, execution = run_parity(artifact, precision, reference, tolerance, options)
+    except ParityError as exc:  # its build was outside the tolerance (and went to rejected/): a failed row
+        log.info("%s %s: %s", backend, precision, exc)
+        return VerifyRow(backend, precision, "failed", note=str(exc), parity=_failed_parity(exc))
     except EffexportError as exc:
         log.info("%s %s: %s", backend, precision, exc)
         return VerifyRow(backend, precision, "error", note=str(exc), parity=_failed_parity(exc))
