@@ -162,3 +162,39 @@ def test_verify_and_bench_pick_the_users_engine_whose_profile_covers_the_batch(o
     assert existing_options(ctx, "tensorrt", "fp16", 64) is None  # bench --batch 64 builds tensorrt-fp16-b64
     assert existing_options(ctx, "tensorrt", "fp16") is not None  # verify: any verified engine of the user's
     assert existing_options(ctx, "openvino", "fp32", 8) is None  # no batch profiles there
+
+
+def test_the_identity_covers_the_contents_of_query_table_and_calibration_images(tmp_path):
+    from effexport.calibration.options import Int8Options
+    from effexport.exporter.pipeline import export_identity
+    from effexport.recipes import RecipeParams
+
+    table = tmp_path / "mine.csv"
+    table.write_text("mflops,width,resolution,top1\n150,0.8,160,80.5\n250,1.0,160,81.0\n")
+    calib = _photos(tmp_path / "calib", 2)
+
+    def identity():
+        return export_identity(resolve_job("mutualnet_mobilenet_v2", out=tmp_path / "out",
+                                           params=RecipeParams(budget_mflops=200, query_table=table),
+                                           calibration=Int8Options(source=calib)))
+
+    first = identity()
+    assert first == identity()
+    table.write_text("mflops,width,resolution,top1\n150,0.8,160,80.5\n250,1.0,160,81.5\n")  # same point chosen
+    second = identity()
+    assert second != first and second["configuration"] == first["configuration"]
+    _photos(calib, 2, seed=5)  # same names, other pictures: BatchNorm is re-estimated on other data
+    assert identity() != second
+
+
+def test_every_file_of_an_export_decides_its_reuse(tmp_path):
+    from effexport.exporter.artifacts import sha256_of, write_json
+    from effexport.exporter.pipeline import find_reusable
+
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    (tmp_path / "model.onnx.data").write_bytes(b"weights")
+    files = {name: sha256_of(tmp_path / name) for name in ("model.onnx", "model.onnx.data")}
+    write_json(tmp_path / "report.json", {"fingerprint": "f", "status": "passed", "artifact": {"files": files}})
+    assert find_reusable(tmp_path, "f") is not None
+    (tmp_path / "model.onnx.data").write_bytes(b"other weights")  # the graph file alone is unchanged
+    assert find_reusable(tmp_path, "f") is None

@@ -82,6 +82,11 @@ def test_openvino_int8_artifact_is_the_nncf_model(ctx):
     assert artifact.report["execution"]["execution_precision"] == "int8"
     assert artifact.report["execution"]["float_layers"] == "fp32"  # the f32 hint, no silent bf16
     assert artifact.report["int8"]["form"] == "openvino"
+    # the NNCF weights are part of what is reused: a changed .bin is a rebuild of the calibration's forms
+    (ctx.int8_folder / "model_int8.bin").write_bytes(b"not the weights")
+    fresh = open_context(ctx.job)
+    assert not fresh.int8_build().reused and fresh.int8_build().files["openvino"].with_suffix(".bin").read_bytes() \
+        != b"not the weights"
 
 
 def test_a_model_with_real_weights_is_held_to_the_int8_tolerance(tmp_path, calib, trained):
