@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,31 @@ def restore_initializer_inputs(model: onnx.ModelProto) -> int:
     model.graph.input.extend(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
                              for tensor in missing)
     return len(missing)
+
+
+def set_metadata(model: onnx.ModelProto, props: Mapping[str, str]) -> None:
+    """Write `props` into the model's `metadata_props`, replacing entries with the same key and keeping others."""
+    bad = [key for key, value in props.items() if not isinstance(value, str)]
+    if bad:  # protobuf would fail later with a message that names no key
+        raise TypeError(f"ONNX metadata values must be strings: {', '.join(bad)}")
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file, without reading its external weights."""
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def drop_intermediate_value_info(model: onnx.ModelProto) -> int:
+    """Remove the shapes recorded for intermediate tensors (graph inputs and outputs keep theirs); returns how many.
+
+    In a dynamic-batch export they all carry the symbolic `batch`, and a runtime that fixes the batch on the input
+    (tract's `set_input_fact`) then finds them contradicting it and refuses the model; runtimes infer these shapes
+    from the graph anyway.
+    """
+    removed = len(model.graph.value_info)
+    del model.graph.value_info[:]
+    return removed
 
 
 def check_graph(model: onnx.ModelProto, *, static_shape: bool) -> GraphCheck:

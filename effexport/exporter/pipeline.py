@@ -6,6 +6,7 @@ writes the report. The CLI calls `export_recipe` and nothing else for `effexport
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -46,7 +47,13 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 RANDOM_SEED = 0
 MODEL_FILE = "model.onnx"
+# What an export holds besides the graph; bumped when that changes, so older exports are rebuilt, not reused
+# (2: metadata_props with recipe, preprocessing and weights; no intermediate value_info in dynamic-batch exports).
+EXPORT_FORMAT = 2
 REPORT_FILE = "report.json"
+# What preprocess_images (inputs.py) does besides the recipe's numbers: a file read without effexport must say it too.
+INPUT_CONVENTION = {"resize_side": "short", "crop": "center", "channel_order": "RGB", "input_range": (0, 1),
+                    "normalize": "(x - mean) / std", "layout": "NCHW"}
 RANDOM_WEIGHTS_NOTE = ("RANDOM weights (seed 0, random BatchNorm statistics): the model's outputs are meaningless; "
                        "pass --weights PATH or --pretrained for a real model")
 
@@ -142,7 +149,7 @@ def weights_identity(weights: WeightsSpec, recipe: Recipe) -> str:
 def export_identity(job: Job) -> dict:
     """Everything that shapes the bytes of the export and its report, every input by its contents."""
     recipe = job.recipe
-    key = {"recipe": recipe.name, "configuration": dict(recipe.configuration),
+    key = {"format": EXPORT_FORMAT, "recipe": recipe.name, "configuration": dict(recipe.configuration),
            "weights": weights_identity(job.weights, recipe), "export": asdict(job.export),
            "parity_images": content_digest(job.images, IMAGE_SUFFIXES), "versions": tool_versions()}
     if recipe.finalize is not None:  # calibration images change the FP32 model only through a recipe's finalize step
@@ -208,7 +215,7 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         "weights": prepared.weights,
         "params": prepared.params,
         "macs": prepared.macs,
-        "preprocessing": prepared.preprocess.to_dict(),
+        "preprocessing": {**prepared.preprocess.to_dict(), **INPUT_CONVENTION},
         "opset": options.opset,
         "exporter": "torch.onnx TorchScript exporter (dynamo=False)",
         "batch": "dynamic" if options.dynamic_batch else options.batch,
@@ -235,6 +242,11 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
             say("simplifying")
             model = onnx_stage.simplify(model)
             onnx_stage.eliminate_identity(model)
+        if options.dynamic_batch:
+            dropped = onnx_stage.drop_intermediate_value_info(model)
+            log.debug("dropped %d intermediate value_info entries (symbolic batch)", dropped)
+        report["onnx_metadata"] = onnx_metadata(report)
+        onnx_stage.set_metadata(model, report["onnx_metadata"])
         files = onnx_stage.save_onnx(model, staging.path / MODEL_FILE)
         del model
         say("checking the graph")
@@ -262,6 +274,19 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         staging.publish(f.name for f in files)
         write_json(dest / REPORT_FILE, report)
     return OnnxResult(dest / MODEL_FILE, dest / REPORT_FILE, report, parity=report["parity"])
+
+
+def onnx_metadata(report: dict) -> dict[str, str]:
+    """What a model file that travels without its report needs to be fed and trusted, as ONNX `metadata_props`
+    (the OpenVINO IR copies them into its rt_info). `producer_name`/`producer_version` stay torch's: they name the
+    exporter that wrote the graph, which is what an exporter bug is traced to; effexport's version has its own key."""
+    return {
+        "effexport.version": report["versions"]["effexport"],
+        "effexport.recipe": report["recipe"],
+        "effexport.preprocessing": json.dumps(report["preprocessing"], separators=(",", ":")),
+        "effexport.weights": report["identity"]["weights"],
+        "effexport.weights_random": "true" if report["weights"]["source"] == "random" else "false",
+    }
 
 
 def _reject(dest: Path, staging: Staging, files: list[Path], report: dict, error: type[Exception], message: str):

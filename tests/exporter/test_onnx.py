@@ -107,3 +107,36 @@ def test_restoring_initializer_inputs_leaves_newer_ir_versions_alone(tmp_path):
     onnx_stage.export_onnx(_tiny(), torch.randn(1, 3, 8, 8), path, 17, dynamic_batch=False)
     model = onnx_stage.simplify(onnx_stage.load_onnx(path))
     assert onnx_stage.restore_initializer_inputs(model) == 0 and [i.name for i in model.graph.input] == ["input"]
+
+
+def test_set_metadata_replaces_its_keys_and_keeps_the_others(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx_stage.export_onnx(_tiny(), torch.randn(1, 3, 8, 8), path, 7, dynamic_batch=False)  # IR version 3
+    model = onnx_stage.load_onnx(path)
+    onnx_stage.set_metadata(model, {"other": "kept", "effexport.recipe": "old"})
+    onnx_stage.set_metadata(model, {"effexport.recipe": "new", "effexport.weights": "random:0"})
+    onnx_stage.save_onnx(model, tmp_path / "model.onnx")
+    onnx_stage.check_model(tmp_path / "model.onnx")
+    assert onnx_stage.read_metadata(tmp_path / "model.onnx") == {"other": "kept", "effexport.recipe": "new",
+                                                                  "effexport.weights": "random:0"}
+    with pytest.raises(TypeError, match="effexport.seed"):
+        onnx_stage.set_metadata(model, {"effexport.seed": 0})
+
+
+def test_dropping_intermediate_value_info_keeps_the_symbolic_batch_on_input_and_output(tmp_path):
+    raw = tmp_path / "raw.onnx"
+    model = _tiny()
+    onnx_stage.export_onnx(model, torch.randn(2, 3, 8, 8), raw, 17, dynamic_batch=True)
+    exported = onnx_stage.simplify(onnx_stage.load_onnx(raw))
+    recorded = len(exported.graph.value_info)
+    assert recorded > 0 and onnx_stage.drop_intermediate_value_info(exported) == recorded
+    assert not exported.graph.value_info
+    io = onnx_stage.io_spec(exported)
+    assert io["inputs"][0]["shape"][0] == "batch" and io["outputs"][0]["shape"][0] == "batch"
+    onnx_stage.save_onnx(exported, tmp_path / "model.onnx")
+    onnx_stage.check_model(tmp_path / "model.onnx")
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).normal(size=(batch, 3, 8, 8)).astype(np.float32)
+        with OrtRunner(tmp_path / "model.onnx") as runner:
+            out = runner.run(x)
+        np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)

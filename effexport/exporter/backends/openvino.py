@@ -39,6 +39,8 @@ DEFAULT_DEVICE = "CPU"
 EXECUTION_HINT = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": "f32"}
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # CPU flags of bf16 arithmetic
 NATIVE_FP16 = ("avx512_fp16", "amx_fp16")  # CPU flags of fp16 arithmetic
+METADATA_PREFIX = "effexport."  # the ONNX metadata_props keys copied into the IR
+RT_INFO_SECTION = "effexport"
 # What each precision's IR holds on disk: bf16 runs the fp32 IR.
 ARTIFACT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", "int8": "int8"}
 
@@ -91,11 +93,26 @@ def build(source: Path, folder: Path, precision: str, options: Any = None) -> Bu
                                                                      "what": "the calibration's NNCF INT8 IR (copied)",
                                                                      "openvino": ov.get_version()})
     model = ov.convert_model(str(source))
+    copied = copy_metadata(source, model)
     compress = artifact_precision(precision) == "fp16"
     ov.save_model(model, str(Path(folder) / MODEL_FILE), compress_to_fp16=compress)
     info = {"converter": "openvino.convert_model", "weights": "fp16 (compress_to_fp16=True)" if compress else
-            "fp32 (compress_to_fp16=False)", "openvino": ov.get_version()}
+            "fp32 (compress_to_fp16=False)", "openvino": ov.get_version(), "rt_info": sorted(copied)}
     return BuildOutput(MODEL_FILE, [WEIGHTS_FILE, MODEL_FILE], info)
+
+
+def copy_metadata(source: Path, model: Any) -> dict[str, str]:
+    """The export's `effexport.*` ONNX metadata into the model's rt_info under `effexport` (read back with
+    `get_rt_info(["effexport", "recipe"])`), so the IR says how to feed it as the ONNX file does. The ONNX frontend
+    also copies metadata_props under `framework` with their full names, but that is its own convention, not ours
+    to promise."""
+    from effexport.exporter.onnx import read_metadata  # here: that module imports torch, which probe() never needs
+
+    copied = {key.removeprefix(METADATA_PREFIX): value for key, value in read_metadata(source).items()
+              if key.startswith(METADATA_PREFIX)}
+    for key, value in copied.items():
+        model.set_rt_info(value, [RT_INFO_SECTION, key])
+    return copied
 
 
 def execution_hint(precision: str, flags: set[str] | None = None) -> str:
