@@ -727,6 +727,73 @@ def _print_int8(result) -> None:
     console.print(f"manifest: {result.manifest_path}", markup=False)
 
 
+# ---------------------------------------------------------------------------------------------- build
+
+
+@app.command("build")
+def build_cmd(
+    build_file: Annotated[Path, typer.Argument(help="The TOML build file (effexport build --init writes one).")]
+    = Path("effexport.toml"),
+    out: Annotated[Path | None, typer.Option("--out", help="Output root (default: effexport-build/ beside the "
+                                                            "build file).")] = None,
+    init: Annotated[bool, typer.Option("--init", help="Write a commented example build file and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be built and reused; build nothing.")]
+    = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed target.")] = False,
+    layout: Annotated[list[str] | None, typer.Option(
+        "--layout", help="Also write a serving repository from the artifacts: triton (<out>/triton/, config.pbtxt per "
+                         "model) or ovms (<out>/ovms/, config.json); repeatable.")] = None,
+    force: ForceOption = False,
+) -> None:
+    """Build every model and target of a build file, reuse what has not changed, and write manifest.json and
+    SUMMARY.md; exits 3 (parity) or 5 (build) at the end when a target failed."""
+    from effexport.build import LAYOUTS, load_plan, run_build, write_init
+    from effexport.build import dry_run as plan_only
+    from effexport.exporter.backends import parse_list
+
+    layouts = tuple(parse_list(",".join(layout), LAYOUTS, "layout")) if layout else ()
+
+    if init:
+        console.print(f"wrote {write_init(build_file)}; edit it, then: effexport build {build_file}", markup=False)
+        return
+    from rich.markup import escape
+
+    plan = load_plan(build_file, out, force)
+    if dry_run:
+        table = Table(title=f"plan of {build_file}: {len(plan.targets)} targets into {plan.out}", title_justify="left")
+        for col in ("model", "target", "action", "why"):
+            table.add_column(col, overflow="fold")
+        for target, action, why in plan_only(plan):
+            table.add_row(target.model, target.name, action, escape(why), style="dim" if action == "skip" else None)
+        console.print(table)
+        return
+    with _status(f"building {build_file}") as progress:
+        result = run_build(plan, fail_fast=fail_fast, progress=progress, layouts=layouts)
+    table = Table(title=f"{build_file}: {len(result.results)} targets in {result.seconds:.1f} s", title_justify="left")
+    for col in ("model", "target", "status", "parity", "time", "artifact or reason"):
+        table.add_column(col, overflow="fold", justify="right" if col == "time" else "left")
+    colours = {"built": "green", "reused": "green", "failed": "red", "skipped": "yellow"}
+    for r in result.results:
+        p = r.entry.get("parity", {})
+        parity = (f"rel {p['max_rel']:.1e}, cos {p['min_cosine']:.4f}, top-1 {p['top1_agreement']:.0%}"
+                  if "max_rel" in p else "-")
+        where = f"{r.entry['folder']}/{r.entry['main']}" if r.entry else r.message
+        table.add_row(r.target.model, r.target.name, f"[{colours[r.status]}]{r.status}[/]", parity,
+                      f"{r.seconds:.1f} s", escape(where))
+    console.print(table)
+    console.print(f"manifest: {result.manifest_path}; summary: {result.summary_path}", markup=False)
+    for name, written in result.repositories.items():
+        console.print(f"{name} repository: {result.plan.out / name} ({sum(p.is_dir() for p in written)} models)",
+                      markup=False)
+    if result.failed:
+        from effexport.errors import ExportError, ParityError
+
+        parity_only = all(r.exit_code == ParityError.exit_code for r in result.failed)
+        raise (ParityError if parity_only else ExportError)(
+            f"{len(result.failed)} of {len(result.results)} targets failed: "
+            + "; ".join(f"{r.target.model} {r.target.name}: {r.message}" for r in result.failed))
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "effexport"
-WORKFLOW = {"effexport.cli", "effexport.info", "effexport.job", "effexport.exporter.pipeline",
+WORKFLOW = {"effexport.cli", "effexport.info", "effexport.job", "effexport.build", "effexport.exporter.pipeline",
             "effexport.exporter.deploy", "effexport.exporter.reference", "effexport.exporter.verify",
             "effexport.exporter.bench_recipe"}
 

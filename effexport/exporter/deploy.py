@@ -148,11 +148,11 @@ def open_context(job: Job, progress: Progress | None = None) -> Context:
     return Context(job, export_recipe(job, progress), progress)
 
 
-def artifact_folder(ctx: Context, backend: str, precision: str, options: Any = None) -> Path:
-    """`<backend>-<precision>[-<profile>]<variant>`: the options that shape the files, readable."""
+def artifact_folder(job: Job, backend: str, precision: str, options: Any = None) -> Path:
+    """`<out>/<model>/<backend>-<precision>[-<profile>]<variant>`: the options that shape the files, readable."""
     module = get_backend(backend).load()
     profile = module.profile_tag(options) if hasattr(module, "profile_tag") and options is not None else ""
-    return ctx.folder / f"{backend}-{precision}{'-' + profile if profile else ''}{ctx.job.variant}"
+    return job.folder / f"{backend}-{precision}{'-' + profile if profile else ''}{job.variant}"
 
 
 def artifact_precision(backend: Backend, precision: str) -> str:
@@ -185,12 +185,12 @@ def ensure_artifact(ctx: Context, backend_name: str, precision: str, options: An
     options = backend_options(backend, ctx, options)
     with folder_lock(ctx.folder, command_line(), ctx.progress):
         source = _source_for(ctx, module.source_precision(built_for, options), backend.name)
-        folder = artifact_folder(ctx, backend.name, built_for, options)
+        folder = artifact_folder(ctx.job, backend.name, built_for, options)
         reference = ctx.reference(built_for) if built_for == "int8" else None  # INT8: which photographs is part of it
-        identity = _identity(source, backend.name, found, built_for, options, ctx.job.images,
+        identity = artifact_identity(source, backend.name, found, built_for, options, ctx.job.images,
                              reference.description if reference else None)
         fingerprint = key_digest(identity)
-        if not force and (previous := _reusable(folder, fingerprint)) is not None:
+        if not force and (previous := reusable_artifact(folder, fingerprint)) is not None:
             ctx.say(f"reusing the verified {backend.name} {built_for} artifact")
             if ctx.enforced(built_for):
                 recheck_reused(previous, "", tolerance, f"the verified {backend.name} {built_for} artifact", folder)
@@ -200,7 +200,7 @@ def ensure_artifact(ctx: Context, backend_name: str, precision: str, options: An
                       reference or ctx.reference(built_for))
 
 
-def _build(ctx: Context, backend: str, module, precision: str, found: Availability, source: _Source, options: Any,
+def _build(ctx: Context, backend: str, module, precision: str, found: Availability, source: SourceModel, options: Any,
            tolerance: Tolerance, folder: Path, identity: dict, reference: Reference) -> Artifact:
     started = time.perf_counter()
     with Staging(folder) as staging:
@@ -245,7 +245,7 @@ def existing_options(ctx: Context, backend_name: str, precision: str, batch: int
         if not report or report.get("status") != "passed" or not isinstance(report.get("options"), dict):
             continue
         options = backend_options(backend, ctx, module.options_from_record(report["options"]))
-        if artifact_folder(ctx, backend.name, built_for, options) != report_path.parent:
+        if artifact_folder(ctx.job, backend.name, built_for, options) != report_path.parent:
             continue  # another export variant
         if batch is not None and not module.covers(options, batch):
             continue
@@ -255,25 +255,27 @@ def existing_options(ctx: Context, backend_name: str, precision: str, batch: int
 
 
 @dataclass
-class _Source:
+class SourceModel:
+    """The model an artifact is built from, named by its own identity (`sha256` holds that fingerprint)."""
+
     path: Path
     precision: str
     sha256: str
     info: dict = field(default_factory=dict)
 
 
-def _source_for(ctx: Context, precision: str, backend: str) -> _Source:
+def _source_for(ctx: Context, precision: str, backend: str) -> SourceModel:
     """The model a build starts from: the verified export, its verified variant (fp16 graph, ...), or for INT8
     the form of the recipe's calibration that this backend runs (calibration.build.BACKEND_FORMS)."""
     if precision == "fp32":
-        return _Source(ctx.onnx.path, "fp32", ctx.onnx.report["fingerprint"])
+        return SourceModel(ctx.onnx.path, "fp32", ctx.onnx.report["fingerprint"])
     if precision == "int8":
         return _int8_source(ctx, backend)
     variant = ensure_artifact(ctx, "onnxruntime", precision)
-    return _Source(variant.path, precision, variant.report["fingerprint"])
+    return SourceModel(variant.path, precision, variant.report["fingerprint"])
 
 
-def _int8_source(ctx: Context, backend: str) -> _Source:
+def _int8_source(ctx: Context, backend: str) -> SourceModel:
     result = ctx.int8_build()
     form = form_for_backend(backend)
     if form not in result.files:
@@ -287,7 +289,8 @@ def _int8_source(ctx: Context, backend: str) -> _Source:
             "skipped": len(data["skipped"]), "cache": result.manifest["cache"]["file"],
             "keep_float": [k["node"] for k in result.manifest["keep_float"]], "cpu": result.manifest.get("cpu"),
             "calibration_parity": result.manifest["parity"][form]}
-    return _Source(result.files[form], f"int8 ({form})", f"{result.manifest['fingerprint']}:{built['sha256']}", info)
+    return SourceModel(result.files[form], f"int8 ({form})", f"{result.manifest['fingerprint']}:{built['sha256']}",
+                       info)
 
 
 def _options_dict(options: Any) -> Any:
@@ -298,7 +301,7 @@ def _options_dict(options: Any) -> Any:
     return asdict(options) if is_dataclass(options) else str(options)
 
 
-def _identity(source: _Source, backend: str, found: Availability, precision: str, options: Any,
+def artifact_identity(source: SourceModel, backend: str, found: Availability, precision: str, options: Any,
               images: Path | None, inputs: str | None) -> dict:
     """What shapes the artifact and its report: the source by its own identity, the backend and its version, the
     options and the parity images by their contents. Not the tolerance: a reused artifact is judged again."""
@@ -307,11 +310,12 @@ def _identity(source: _Source, backend: str, found: Availability, precision: str
             "inputs": inputs, "effexport": __version__}
 
 
-def _reusable(folder: Path, fingerprint: str) -> dict | None:
+def reusable_artifact(folder: Path, fingerprint: str) -> dict | None:
+    """The passing report in `folder` with this fingerprint whose files are all intact."""
     return reusable_record(folder / REPORT_FILE, fingerprint, lambda report: report.get("artifact", {}).get("files"))
 
 
-def _report(ctx: Context, backend: str, precision: str, found: Availability, source: _Source, build_info: dict,
+def _report(ctx: Context, backend: str, precision: str, found: Availability, source: SourceModel, build_info: dict,
             execution: dict, parity: ParityReport, reference: Reference, identity: dict, seconds: float) -> dict:
     return {
         "recipe": ctx.recipe.name,

@@ -146,13 +146,13 @@ def test_verify_and_bench_pick_the_users_engine_whose_profile_covers_the_batch(o
 
     ctx = open_context(resolve_job(RECIPE, export=SMALL, out=out))
     built = tensorrt.TrtOptions.from_batches(min_batch=1, opt_batch=8, max_batch=32)
-    folder = artifact_folder(ctx, "tensorrt", "fp16", built)
+    folder = artifact_folder(ctx.job, "tensorrt", "fp16", built)
     assert folder.name == "tensorrt-fp16-b1-8-32-64px"
-    assert artifact_folder(ctx, "tensorrt", "fp16", tensorrt.options_for_batch(64)).name == "tensorrt-fp16-b64-64px"
+    assert artifact_folder(ctx.job, "tensorrt", "fp16", tensorrt.options_for_batch(64)).name == "tensorrt-fp16-b64-64px"
     assert existing_options(ctx, "tensorrt", "fp16", 8) is None
     folder.mkdir()
     (folder / "report.json").write_text(json.dumps({"status": "passed", "options": built.identity()}))
-    failed = artifact_folder(ctx, "tensorrt", "fp16", tensorrt.options_for_batch(4))
+    failed = artifact_folder(ctx.job, "tensorrt", "fp16", tensorrt.options_for_batch(4))
     failed.mkdir()
     (failed / "report.json").write_text(json.dumps({"status": "failed",
                                                     "options": tensorrt.options_for_batch(4).identity()}))
