@@ -740,6 +740,12 @@ def build_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be built and reused; build nothing.")]
     = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed target.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="Build share I of N (e.g. 2/4): whole models, stable when models are added elsewhere, "
+                        "balanced by expected cost; combine the outputs with effexport merge.")] = None,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="Only the targets of these backends, comma-separated: onnx, onnxruntime, openvino, tensorrt "
+                       "(e.g. a GPU job: --only tensorrt).")] = None,
     layout: Annotated[list[str] | None, typer.Option(
         "--layout", help="Also write a serving repository from the artifacts: triton (<out>/triton/, config.pbtxt per "
                          "model) or ovms (<out>/ovms/, config.json); repeatable.")] = None,
@@ -747,9 +753,9 @@ def build_cmd(
 ) -> None:
     """Build every model and target of a build file, reuse what has not changed, and write manifest.json and
     SUMMARY.md; exits 3 (parity) or 5 (build) at the end when a target failed."""
-    from effexport.build import LAYOUTS, load_plan, run_build, write_init
-    from effexport.build import dry_run as plan_only
     from effexport.exporter.backends import parse_list
+    from effexport.matrix import LAYOUTS, load_plan, parse_shard, run_build, select, write_init
+    from effexport.matrix import dry_run as plan_only
 
     layouts = tuple(parse_list(",".join(layout), LAYOUTS, "layout")) if layout else ()
 
@@ -758,7 +764,8 @@ def build_cmd(
         return
     from rich.markup import escape
 
-    plan = load_plan(build_file, out, force)
+    plan = select(load_plan(build_file, out, force), parse_shard(shard) if shard else None,
+                  tuple(b.strip() for b in only.split(",") if b.strip()) if only else ())
     if dry_run:
         table = Table(title=f"plan of {build_file}: {len(plan.targets)} targets into {plan.out}", title_justify="left")
         for col in ("model", "target", "action", "why"):
@@ -792,6 +799,29 @@ def build_cmd(
         raise (ParityError if parity_only else ExportError)(
             f"{len(result.failed)} of {len(result.results)} targets failed: "
             + "; ".join(f"{r.target.model} {r.target.name}: {r.message}" for r in result.failed))
+
+
+@app.command("merge")
+def merge_cmd(
+    folders: Annotated[list[Path], typer.Argument(help="Output folders of effexport build (shards, a GPU job).")],
+    out: Annotated[Path, typer.Option("--out", help="The merged tree and manifest.json.")] = Path("effexport-merged"),
+    layout: Annotated[list[str] | None, typer.Option(
+        "--layout", help="Also write a serving repository: triton or ovms (repeatable).")] = None,
+) -> None:
+    """Combine build outputs from other machines into one tree and one manifest; refuses conflicting artifacts,
+    files whose sha256 differs from their manifest, and any path that leads outside its tree."""
+    from effexport.exporter.backends import parse_list
+    from effexport.matrix import LAYOUTS
+    from effexport.merge import merge
+
+    layouts = tuple(parse_list(",".join(layout), LAYOUTS, "layout")) if layout else ()
+    result = merge(folders, out, layouts)
+    served = sum(a["status"] in ("built", "reused") for a in result.artifacts)
+    console.print(f"merged {len(folders)} outputs into {result.out}: {served} artifacts ({result.copied} files "
+                  f"written), {len(result.artifacts) - served} failed or skipped; manifest: {result.manifest_path}",
+                  markup=False)
+    for name in result.repositories:
+        console.print(f"{name} repository: {result.out / name}", markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 import torch
 
-from effexport.build import load_plan, manifest_schema
 from effexport.exporter.artifacts import sha256_of
+from effexport.matrix import load_plan, manifest_schema
 from tests.test_cli import run
 
 SMALL = 'recipe = "mobilenetv3_small"\nimg_size = 64\n'
@@ -81,7 +81,7 @@ def test_build_then_reuse_then_rebuild_only_the_model_whose_weights_changed(caps
         targets = ["onnx"]
     ''')
     out = tmp_path / "out"
-    from effexport.build import dry_run
+    from effexport.matrix import dry_run
 
     before = {(t.model, t.name): action for t, action, _ in dry_run(load_plan(path, out))}
     assert set(before.values()) <= {"build", "skip"} and before[("plain", "onnx")] == "build"
@@ -179,3 +179,84 @@ def test_the_serving_repositories_come_from_the_built_artifacts(capsys, tmp_path
     ovms = json.loads((out / "ovms" / "config.json").read_text())
     assert {m["config"]["name"] for m in ovms["model_config_list"]} == {f"small-{t}" for t in served}
     assert "triton repository" in stdout and "ovms repository" in stdout
+
+
+def _shas(out):
+    data = json.loads((out / "manifest.json").read_text())
+    return {(a["model"], a["target"]): {n: f["sha256"] for n, f in a["files"].items()} for a in data["artifacts"]
+            if a["status"] in ("built", "reused")}
+
+
+def test_shards_merged_give_the_artifacts_of_one_full_build(capsys, tmp_path):
+    from effexport.matrix import select, shard_of
+
+    path = _write(tmp_path, f'''
+        [defaults]
+        targets = ["onnx", "openvino-fp32"]
+        [models.a]
+        {SMALL}
+        [models.b]
+        recipe = "ghostnet_pfd_cifar"
+        [models.c]
+        recipe = "shufflenetv2_pfd_cifar"
+    ''')
+    plan = load_plan(path, tmp_path / "full")
+    owners = shard_of(plan, 2)
+    assert set(owners.values()) == {1, 2}  # both shards get work
+    assert sorted(t.name for p in (select(plan, (1, 2)), select(plan, (2, 2))) for t in p.targets) == \
+        sorted(t.name for t in plan.targets)
+    (tmp_path / "more").mkdir()
+    bigger = _write(tmp_path / "more", path.read_text() + '\n[models.d]\nrecipe = "mobilenetv3_small"\nimg_size = 64\n')
+    moved = {m for m, s in shard_of(load_plan(bigger, tmp_path / "x"), 2).items() if m in owners and owners[m] != s}
+    assert len(moved) <= 1  # adding a model elsewhere keeps (almost) every other model where it was
+
+    assert run(["build", str(path), "--out", str(tmp_path / "full")], capsys)[0] == 0
+    for i in (1, 2):
+        code, _, err = run(["build", str(path), "--shard", f"{i}/2", "--out", str(tmp_path / f"shard{i}")], capsys)
+        assert code == 0, err
+    code, stdout, err = run(["merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"), "--out",
+                             str(tmp_path / "merged")], capsys)
+    assert code == 0, err
+    merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(manifest_schema()).validate(merged)
+    assert _shas(tmp_path / "merged") == _shas(tmp_path / "full")  # the same bytes as one full build
+    for a in merged["artifacts"]:
+        for name, f in a["files"].items():
+            assert sha256_of(tmp_path / "merged" / a["folder"] / name) == f["sha256"]
+    assert {m["shard"] for m in merged["merged_from"]} == {"1/2", "2/2"}
+
+
+def test_merge_refuses_tampered_conflicting_or_escaping_inputs(capsys, tmp_path):
+    path = _write(tmp_path, f'[models.a]\n{SMALL}targets = ["onnx"]\n')
+    for name in ("one", "two"):
+        assert run(["build", str(path), "--out", str(tmp_path / name)], capsys)[0] == 0
+    manifest = tmp_path / "two" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    model = tmp_path / "two" / data["artifacts"][0]["folder"] / "model.onnx"
+
+    model.write_bytes(model.read_bytes() + b"\0")  # changed after the manifest was written
+    code, _, err = run(["merge", str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(tmp_path / "m1")], capsys)
+    assert code == 2 and "does not match the sha256" in err and not (tmp_path / "m1").exists()
+
+    import onnx
+
+    other = onnx.load(str(tmp_path / "one" / data["artifacts"][0]["folder"] / "model.onnx"))
+    other.doc_string = "another build"
+    onnx.save(other, str(model))
+    data["artifacts"][0]["files"]["model.onnx"] = {"sha256": sha256_of(model), "bytes": model.stat().st_size}
+    manifest.write_text(json.dumps(data))  # consistent in itself, but other bytes than shard one
+    code, _, err = run(["merge", str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(tmp_path / "m2")], capsys)
+    assert code == 2 and "conflicts" in err and not (tmp_path / "m2").exists()
+
+    import shutil
+
+    folder = tmp_path / "two" / data["artifacts"][0]["folder"]
+    shutil.move(folder, tmp_path / "elsewhere")
+    folder.symlink_to(tmp_path / "elsewhere")  # the manifest's folder is a link out of the tree
+    code, _, err = run(["merge", str(tmp_path / "two"), "--out", str(tmp_path / "m3")], capsys)
+    assert code == 2 and "resolves outside" in err and not (tmp_path / "m3").exists()
+
+    data["artifacts"][0]["folder"] = "../one/" + data["artifacts"][0]["folder"]
+    manifest.write_text(json.dumps(data))
+    code, _, err = run(["merge", str(tmp_path / "two"), "--out", str(tmp_path / "m4")], capsys)
+    assert code == 2 and "artifacts/0/folder" in err and not (tmp_path / "m4").exists()

@@ -5,7 +5,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "effexport"
-WORKFLOW = {"effexport.cli", "effexport.info", "effexport.job", "effexport.build", "effexport.exporter.pipeline",
+WORKFLOW = {"effexport.cli", "effexport.info", "effexport.job", "effexport.matrix", "effexport.merge",
+            "effexport.exporter.pipeline",
             "effexport.exporter.deploy", "effexport.exporter.reference", "effexport.exporter.verify",
             "effexport.exporter.bench_recipe"}
 
@@ -24,8 +25,9 @@ def _modules():
 
 
 def test_the_core_never_imports_the_workflow():
+    # the package's own __init__ is the Python API, a skin over the workflow like the CLI (its imports are lazy)
     offenders = {name: sorted(imported & WORKFLOW) for name, imported in _modules()
-                 if name not in WORKFLOW and imported & WORKFLOW}
+                 if name not in WORKFLOW and name != "effexport" and imported & WORKFLOW}
     assert offenders == {}
 
 

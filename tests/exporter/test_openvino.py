@@ -104,3 +104,14 @@ def test_parity_failure_raises_and_keeps_the_verified_artifact(ctx):
     with pytest.raises(ParityError, match="outside the tolerance asked for"):
         ensure_artifact(ctx, "openvino", "fp32", tolerance=tolerance_for("fp32", max_rel=1e-12))
     assert (folder / "model.xml").read_bytes() == before[0]
+
+
+def test_the_same_onnx_converts_to_the_same_ir_bytes_whatever_ran_before(ctx, tmp_path):
+    """OpenVINO numbers the nodes it names from a process-wide counter; the IR must not depend on it (a sharded
+    build's artifacts are compared byte for byte with a full build's)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):  # the second conversion runs after the first has advanced the counter
+        folder.mkdir()
+        ov_backend.build(ctx.onnx.path, folder, "fp32")
+    assert (first / "model.xml").read_bytes() == (second / "model.xml").read_bytes()
+    assert (first / "model.bin").read_bytes() == (second / "model.bin").read_bytes()

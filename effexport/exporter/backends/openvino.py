@@ -19,6 +19,7 @@ the artifact folder and run with the f32 hint, so that the layers INT8 leaves in
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +94,28 @@ def build(source: Path, folder: Path, precision: str, options: Any = None) -> Bu
                                                                      "what": "the calibration's NNCF INT8 IR (copied)",
                                                                      "openvino": ov.get_version()})
     model = ov.convert_model(str(source))
+    renamed = number_generated_names(model)
     copied = copy_metadata(source, model)
     compress = artifact_precision(precision) == "fp16"
     ov.save_model(model, str(Path(folder) / MODEL_FILE), compress_to_fp16=compress)
     info = {"converter": "openvino.convert_model", "weights": "fp16 (compress_to_fp16=True)" if compress else
-            "fp32 (compress_to_fp16=False)", "openvino": ov.get_version(), "rt_info": sorted(copied)}
+            "fp32 (compress_to_fp16=False)", "openvino": ov.get_version(), "rt_info": sorted(copied),
+            "generated_names_renumbered": renamed}
     return BuildOutput(MODEL_FILE, [WEIGHTS_FILE, MODEL_FILE], info)
+
+
+def number_generated_names(model: Any) -> int:
+    """Give the nodes OpenVINO named itself (`<Type>_<N>`, N from a counter global to the process) names numbered
+    in graph order; the exporter's names (`/features/conv/Conv`, `input`, `logits`) have no such form. Without this
+    the same ONNX converts to a different model.xml depending on what the process converted before (measured:
+    `Reshape_15` vs `Reshape_8842`), and a sharded build's IR would not be byte-equal to a full build's."""
+    renamed = 0
+    for index, op in enumerate(model.get_ordered_ops()):
+        generated = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)_[0-9]+", op.get_friendly_name())
+        if generated:  # also a folded constant, which keeps the generated name of the op it replaced
+            op.set_friendly_name(f"{generated.group(1)}_{index}")
+            renamed += 1
+    return renamed
 
 
 def copy_metadata(source: Path, model: Any) -> dict[str, str]:

@@ -18,6 +18,7 @@ file is malformed: an unknown key, recipe or target names the file, the line and
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 import platform
@@ -89,7 +90,7 @@ class BuildPlan:
     path: Path
     out: Path
     targets: list[Target]
-
+    shard: tuple[int, int] | None = None  # (I, N) when this plan is one machine's share
 
 @dataclass
 class TargetResult:
@@ -231,6 +232,74 @@ def _job(s: dict[str, Any], root: Path, out: Path, force: bool) -> Job:
                                 calib_size=s.get("calib_size"), seed=int(s.get("seed", 0))),
         images=_relative(root, s.get("images")), tolerances=[tolerance] if isinstance(tolerance, str) else tolerance,
         out=out, force=force)
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+# Expected cost of a target in units of one ONNX export at 224 px (measured roughly on a 2-core AMD EPYC: an export
+# with its parity check ~5 s, an OpenVINO conversion ~2 s, an INT8 calibration with its forms ~20 s).
+TARGET_COST = {"onnx": 1.0, "onnxruntime-fp32": 0.2, "onnxruntime-fp16": 0.5, "openvino-fp32": 0.5,
+               "openvino-fp16": 0.5, "onnxruntime-int8": 4.0, "openvino-int8": 4.0, "tensorrt-fp32": 3.0,
+               "tensorrt-fp16": 3.0, "tensorrt-int8": 5.0}
+SHARD_SLACK = 1.25  # a shard may take up to 25% more than an even share before a model goes to its next choice
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), 1 <= I <= N."""
+    found = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text or "")
+    if not found or not 1 <= int(found.group(1)) <= int(found.group(2)):
+        raise UsageError(f"--shard takes I/N with 1 <= I <= N, e.g. 2/4; got {text!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
+def _cost(target: Target) -> float:
+    height, width = target.job.preprocess.crop_size
+    return TARGET_COST.get(target.name if target.kind == "backend" else "onnx", 1.0) * height * width / 224 ** 2
+
+
+def _preference(model: str, shards: int) -> list[int]:
+    """Rendezvous hashing: each model ranks the shards by a hash of (model, shard), independent of the other
+    models, so adding or removing a model elsewhere in the file does not reorder anyone else's choices."""
+    def score(shard: int) -> str:
+        return hashlib.sha256(f"{model}\0{shard}".encode()).hexdigest()
+
+    return sorted(range(1, shards + 1), key=score, reverse=True)
+
+
+def shard_of(plan: BuildPlan, shards: int) -> dict[str, int]:
+    """Which shard builds each model. A model's targets stay together (they share its export and calibration).
+    Models take their first choice (rendezvous hashing) unless that shard is already over an even share of the
+    expected cost (with SHARD_SLACK), then their next; models are visited in hash order, not file order, so the
+    result depends on the set of models, not on how the file is arranged."""
+    cost: dict[str, float] = {}
+    for target in plan.targets:
+        cost[target.model] = cost.get(target.model, 0.0) + _cost(target)
+    capacity = SHARD_SLACK * sum(cost.values()) / shards
+    load = dict.fromkeys(range(1, shards + 1), 0.0)
+    chosen = {}
+    for model in sorted(cost, key=lambda m: hashlib.sha256(m.encode()).hexdigest()):
+        ranked = _preference(model, shards)
+        shard = next((s for s in ranked if load[s] + cost[model] <= capacity), min(ranked, key=load.get))
+        chosen[model] = shard
+        load[shard] += cost[model]
+    return chosen
+
+
+def select(plan: BuildPlan, shard: tuple[int, int] | None = None, only: tuple[str, ...] = ()) -> BuildPlan:
+    """The share of the plan one machine builds: shard I of N, and/or only the targets of some backends
+    ("onnx" for the ONNX exports)."""
+    targets = plan.targets
+    if only:
+        known = ("onnx", "onnxruntime", "openvino", "tensorrt")
+        unknown = [b for b in only if b not in known]
+        if unknown:
+            raise UsageError(f"--only takes {', '.join(known)}; got {', '.join(unknown)}")
+        targets = [t for t in targets if ("onnx" if t.kind == "onnx" else t.backend) in only]
+    if shard is not None:
+        index, count = shard
+        owners = shard_of(plan, count)
+        targets = [t for t in targets if owners[t.model] == index]
+    return replace(plan, targets=targets, shard=shard or plan.shard)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -460,6 +529,7 @@ def manifest(result: BuildResult) -> dict[str, Any]:
     return {
         "schema": MANIFEST_SCHEMA,
         "build_file": {"path": str(plan.path), "sha256": sha256_of(plan.path)},
+        **({"shard": f"{plan.shard[0]}/{plan.shard[1]}"} if plan.shard else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(result.seconds, 2),
         "machine": machine(),
