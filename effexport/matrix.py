@@ -54,7 +54,7 @@ Progress = Callable[[str], None]
 # What a build file may say, and where. Anything else is refused with the closest of these names.
 MODEL_KEYS = ("recipe", "weights", "pretrained", "ema", "img_size", "opset", "simplify", "images", "calib",
               "calib_size", "method", "seed", "tolerance", "targets", "tensorrt", "width", "resolution",
-              "budget_mflops", "query_table")
+              "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters")
 DEFAULT_KEYS = tuple(k for k in MODEL_KEYS if k not in ("recipe", "weights", "pretrained", "ema", "width",
                                                        "resolution", "budget_mflops", "query_table"))
 TOP_KEYS = ("defaults", "models")
@@ -71,6 +71,7 @@ class Target:
     name: str  # e.g. "onnx", "onnx-dynamic", "openvino-int8", "tensorrt-fp16"
     job: Job
     trt: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)  # {"batches": [...], "iters": N} when the model is benched
 
     @property
     def kind(self) -> str:
@@ -110,6 +111,7 @@ class BuildResult:
     summary_path: Path
     seconds: float
     repositories: dict[str, list[Path]] = field(default_factory=dict)  # layout -> what it wrote
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> its bench record
 
     @property
     def failed(self) -> list[TargetResult]:
@@ -202,7 +204,11 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
             job = _job(settings, root, out / name, force)
         except UsageError as exc:
             raise UsageError(f"{path}:{_line_of(text, name, 'models')}: [{table}] {exc}") from None
-        targets += [Target(name, t, job, dict(trt)) for t in dict.fromkeys(names)]
+        bench = {"batches": [int(b) for b in settings.get("bench_batches", [1, 8])],
+                 "iters": int(settings.get("bench_iters", 50))} if settings.get("bench") else {}
+        if bench and (not bench["batches"] or min(bench["batches"]) < 1 or bench["iters"] < 1):
+            raise _refuse(path, text, f"[{table}] bench_batches and bench_iters must be positive", "bench", table)
+        targets += [Target(name, t, job, dict(trt), bench) for t in dict.fromkeys(names)]
     return BuildPlan(path, out, targets)
 
 
@@ -328,8 +334,10 @@ def run_build(plan: BuildPlan, *, fail_fast: bool = False, progress: Progress | 
         results.append(result)
         if on_target:
             on_target(result)
+    benchmarks = _benchmarks(plan, results, progress)
     seconds = time.perf_counter() - started
-    result = BuildResult(plan, results, plan.out / MANIFEST_FILE, plan.out / SUMMARY_FILE, seconds)
+    result = BuildResult(plan, results, plan.out / MANIFEST_FILE, plan.out / SUMMARY_FILE, seconds,
+                         benchmarks=benchmarks)
     data = manifest(result)
     write_json(result.manifest_path, data)
     write_bytes(result.summary_path, summary(result).encode())
@@ -344,6 +352,41 @@ def run_build(plan: BuildPlan, *, fail_fast: bool = False, progress: Progress | 
                 repositories.write_ovms_repository
             result.repositories[layout] = writer(served, plan.out, plan.out / layout)
     return result
+
+
+def _benchmarks(plan: BuildPlan, results: list[TargetResult], progress: Progress | None) -> dict[str, dict]:
+    """`bench = true`: per model, PyTorch eager and every backend and precision it built, timed by effexport
+    bench's harness in one run; p50 and the speed-up against eager go into the manifest, the chart into SUMMARY.md.
+    A benchmark that cannot run is recorded with its reason; it never fails the build."""
+    from effexport.exporter.bench import BenchConfig
+    from effexport.exporter.bench_recipe import BASELINE, bench_recipe
+
+    records = {}
+    for model in dict.fromkeys(t.model for t in plan.targets if t.bench):
+        done = [r for r in results if r.target.model == model and r.status in ("built", "reused")
+                and r.target.kind == "backend"]
+        first = next(t for t in plan.targets if t.model == model)
+        backends = list(dict.fromkeys(r.target.backend for r in done)) or ["onnxruntime"]
+        precisions = tuple(dict.fromkeys(r.target.precision for r in done)) or ("fp32",)
+        if progress:
+            progress(f"{model}: benchmarking {', '.join(backends)}")
+        config = BenchConfig(iters=first.bench["iters"], max_warmup=max(10, first.bench["iters"]),
+                             min_warmup=min(5, first.bench["iters"]))
+        try:
+            bench = bench_recipe(first.job, [BASELINE, *backends], first.bench["batches"], precisions, config=config)
+        except EffexportError as exc:
+            records[model] = {"error": str(exc)}
+            continue
+        records[model] = {
+            "json": bench.json_path.resolve().relative_to(plan.out.resolve()).as_posix(),
+            "chart": bench.chart_path.resolve().relative_to(plan.out.resolve()).as_posix()
+            if bench.chart_path else None,
+            "cpu": bench.machine["cpu"], "threads": bench.machine["threads"],
+            "results": [{"backend": e.backend, "precision": e.precision, "batch": e.batch,
+                         "p50_ms": round(e.stats.p50 * 1e3, 3), "throughput_ips": round(e.stats.throughput, 1),
+                         "speedup_vs_torch": None if e.speedup is None else round(e.speedup, 2)}
+                        for e in bench.entries]}
+    return records
 
 
 def _build_target(target: Target, out: Path, contexts: dict[str, Any]) -> TargetResult:
@@ -535,6 +578,7 @@ def manifest(result: BuildResult) -> dict[str, Any]:
         "machine": machine(),
         "versions": versions(),
         "artifacts": artifacts,
+        **({"benchmarks": result.benchmarks} if result.benchmarks else {}),
     }
 
 
@@ -558,6 +602,16 @@ def summary(result: BuildResult) -> str:
                      f"{p['top1_agreement']:.0%}" if "top1_agreement" in p else "-", f"{r.seconds:.1f} s"]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
+        bench = result.benchmarks.get(model)
+        if bench and "results" in bench:
+            lines += [f"Latency on {bench['cpu']}, {bench['threads']} threads (effexport bench, PyTorch eager as the "
+                      f"baseline in the same run):", "", "| backend | precision | batch | p50 ms | img/s | vs torch |",
+                      "|---" * 6 + "|"]
+            lines += [f"| {e['backend']} | {e['precision']} | {e['batch']} | {e['p50_ms']:.2f} | "
+                      f"{e['throughput_ips']:.1f} | {e['speedup_vs_torch'] or '-'}x |" for e in bench["results"]]
+            lines += (["", f"![{model} latency]({bench['chart']})"] if bench.get("chart") else []) + [""]
+        elif bench:
+            lines += [f"Benchmark not run: {bench['error']}", ""]
     return "\n".join(lines)
 
 

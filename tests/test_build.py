@@ -260,3 +260,27 @@ def test_merge_refuses_tampered_conflicting_or_escaping_inputs(capsys, tmp_path)
     manifest.write_text(json.dumps(data))
     code, _, err = run(["merge", str(tmp_path / "two"), "--out", str(tmp_path / "m4")], capsys)
     assert code == 2 and "artifacts/0/folder" in err and not (tmp_path / "m4").exists()
+
+
+def test_bench_true_times_the_built_backends_against_torch_in_the_manifest_and_summary(capsys, tmp_path):
+    path = _write(tmp_path, f'''
+        [models.small]
+        {SMALL}targets = ["onnx-dynamic", "openvino-fp32"]
+        bench = true
+        bench_batches = [1, 2]
+        bench_iters = 3
+    ''')
+    out = tmp_path / "out"
+    code, _, err = run(["build", str(path), "--out", str(out)], capsys)
+    assert code == 0, err
+    data = json.loads((out / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(manifest_schema()).validate(data)
+    bench = data["benchmarks"]["small"]
+    assert {(r["backend"], r["batch"]) for r in bench["results"]} == {("torch", 1), ("torch", 2), ("openvino", 1),
+                                                                      ("openvino", 2)}
+    assert all(r["p50_ms"] > 0 for r in bench["results"])
+    assert {r["speedup_vs_torch"] for r in bench["results"] if r["backend"] == "torch"} == {1.0}
+    summary = (out / "SUMMARY.md").read_text()
+    assert "Latency on" in summary and "| openvino | fp32 | 2 |" in summary
+    if bench["chart"]:
+        assert f"]({bench['chart']})" in summary and (out / bench["chart"]).is_file()
