@@ -284,3 +284,28 @@ def test_bench_true_times_the_built_backends_against_torch_in_the_manifest_and_s
     assert "Latency on" in summary and "| openvino | fp32 | 2 |" in summary
     if bench["chart"]:
         assert f"]({bench['chart']})" in summary and (out / bench["chart"]).is_file()
+
+
+def test_merge_refuses_onnx_external_data_outside_the_tree(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from effexport.errors import UsageError
+    from effexport.merge import _check
+
+    weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    weight.external_data.add(key="location", value="../../outside.bin")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [weight])
+    folder = tmp_path / "tree" / "m" / "onnx-b1"
+    folder.mkdir(parents=True)
+    onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
+    entry = {"model": "m", "target": "onnx", "folder": "m/onnx-b1",
+             "files": {"model.onnx": {"sha256": sha256_of(folder / "model.onnx"),
+                                      "bytes": (folder / "model.onnx").stat().st_size}}}
+    with pytest.raises(UsageError, match="external data.*leads outside"):
+        _check(tmp_path / "tree", entry)
