@@ -442,7 +442,8 @@ def _print_int8_source(result, form: str | None = None) -> None:
     source = "built-in photographs" if data["kind"] == "builtin" else data["source"]
     console.print(f"INT8 from the calibration {result.manifest_path} ({'reused' if result.reused else 'built'}): "
                   + (f"{form} form, " if form else "") + f"{manifest['method']} over {data['inputs']} inputs from "
-                  f"{data['count']} images ({source}), {len(manifest['keep_float'])} layers kept in float",
+                  f"{data['count']} images ({source})" + (f", {len(manifest['forms'][form]['keep_float'])} layers kept "
+                                                          f"in float" if form else ""),
                   highlight=False, markup=False)
     if data["skipped"]:
         names = ", ".join(s["file"] for s in data["skipped"])
@@ -683,6 +684,10 @@ def _calibrate(job, enforce) -> None:
     _print_int8(result)
 
 
+def _some(nodes: list[str], shown: int = 3) -> str:
+    return ", ".join(nodes[:shown]) + (f" and {len(nodes) - shown} more" if len(nodes) > shown else "")
+
+
 def _print_int8(result) -> None:
     manifest = result.manifest
     data = manifest["data"]
@@ -698,15 +703,19 @@ def _print_int8(result) -> None:
         names = ", ".join(s["file"] for s in data["skipped"])
         err.print(f"[yellow]skipped {len(data['skipped'])} unreadable file(s):[/] {names}")
     table = Table(title=f"INT8 forms of {manifest['recipe']}" + (" (reused)" if result.reused else ""))
-    for col in ("file", "for", "size", "top-1", "cosine (min)", "parity"):
-        table.add_column(col, justify="right" if col in ("size", "top-1", "cosine (min)") else "left")
+    numeric = ("size", "float layers", "top-1", "cosine (min)", "b1 vs FP32")
+    for col in ("file", "for", "size", "float layers", "top-1", "cosine (min)", "b1 vs FP32", "parity"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    speed = manifest.get("speed", {})
     for form_name, form in manifest["forms"].items():
         parity = manifest["parity"][form_name]
+        timed = speed.get(form_name)
         enforced = form_name in manifest.get("parity_enforced", [])
         verdict = ("[green]passed[/]" if parity["passed"] else "[red]failed[/]") if enforced \
             else ("within" if parity["passed"] else "outside") + " (not enforced)"
         table.add_row(form["file"], ", ".join(form["backends"]), f"{form['bytes'] / 1e6:.1f} MB",
-                      f"{parity['top1_agreement']:.0%}", f"{parity['min_cosine']:.4f}", verdict)
+                      str(len(form["keep_float"])), f"{parity['top1_agreement']:.1%}", f"{parity['min_cosine']:.4f}",
+                      f"{timed['speedup']:.2f}x ({timed['backend']})" if timed else "-", verdict)
     console.print(table)
     photos = manifest["parity_inputs"]
     console.print(f"INT8 tolerance {manifest['tolerance']} vs the FP32 model on {photos['description']}",
@@ -722,8 +731,15 @@ def _print_int8(result) -> None:
     for layer in manifest["keep_float"]:
         by_reason.setdefault(layer["reason"], []).append(layer["node"])
     for reason, nodes in by_reason.items():
-        shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
-        console.print(f"kept in float ({len(nodes)}): {shown} - {reason}", highlight=False, markup=False)
+        console.print(f"kept in float ({len(nodes)}): {_some(nodes)} - {reason}", highlight=False, markup=False)
+    for form_name, form in manifest["forms"].items():
+        added = form.get("tuning", {}).get("added", [])
+        if added:
+            console.print(f"{form_name}: also kept in float ({len(added)}), the most sensitive layers on the "
+                          f"calibration inputs: {_some(added)}", highlight=False, markup=False)
+    if speed:
+        console.print("b1 vs FP32: batch-1 speed-up over FP32 on the backend that serves the form, measured at build "
+                      f"time on {next(iter(speed.values()))['cpu']}", highlight=False, markup=False)
     console.print(f"manifest: {result.manifest_path}", markup=False)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from effexport import __version__
-from effexport.calibration import qdq
+from effexport.calibration import qdq, sensitivity
 from effexport.calibration.data import CalibrationData, load_calibration
 from effexport.calibration.heldout import heldout_available, int8_parity_inputs
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
@@ -44,6 +44,7 @@ from effexport.exporter.artifacts import (
     sha256_of,
     write_json,
 )
+from effexport.exporter.bench import BenchConfig, measure
 from effexport.exporter.inputs import images_key
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck, tolerance_for
 from effexport.recipes import Preprocess, Recipe
@@ -134,7 +135,7 @@ def run_model(path: Path, inputs: np.ndarray) -> np.ndarray:
 
 def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options, dest: Path, cache_dir: Path, *,
                 tolerance: Tolerance | None = None, random_weights: bool = False, images: Path | None = None,
-                enforce: Collection[str] | None = None, force: bool = False,
+                enforce: Collection[str] | None = None, force: bool = False, time_forms: bool = True,
                 progress: Progress | None = None) -> Int8Result:
     """INT8 forms of the verified FP32 `fp32` (model.onnx) into `dest`, from one calibration on `options.source`
     whose tensor ranges are cached in `cache_dir`; reuses the cache and unchanged forms.
@@ -143,6 +144,7 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
     the forms whose parity failure is an error (None: every form, the promise of `effexport calibrate`); the
     backend commands pass none, because they verify the form they run against PyTorch themselves. With random
     weights nothing is enforced (RANDOM_NOTE). A failing build goes to `dest/rejected/`; verified forms stay.
+    `time_forms`: time each CPU form against FP32 on its backend (form_speed) and warn where INT8 is slower.
     """
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
@@ -162,7 +164,7 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
         say("reusing the INT8 artifacts and calibration cache (nothing changed)")
         _recheck(dest, previous, enforced, tolerance)
         return Int8Result(recipe.name, dest, fp32, _files(dest, previous), dest / MANIFEST_FILE, previous, cache,
-                          cache_reused=True, reused=True, warnings=list(data.warnings))
+                          cache_reused=True, reused=True, warnings=[*data.warnings, *slower_warnings(previous)])
 
     fp32_model = onnx.load(str(fp32), load_external_data=False)
     keep_float = qdq.resolve_keep_float(fp32_model, rules)
@@ -190,13 +192,15 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
             say(f"calibrating ({options.method}) on {len(data.inputs)} inputs from {data.count} images")
             qdq.calibrate_ranges(fp32, data.inputs, options.method, cache, Path(work), options.percentile)
     manifest["cache"]["reused"] = cache_reused
+    tuning = None if random_weights else _tuning_set(fp32, data.inputs, tolerance)
     say("reading the INT8 parity photographs")
     photos = int8_parity_inputs(pp, images, manifest["data"])
     reference = run_model(fp32, photos.inputs)
     manifest["parity_inputs"] = photos.to_dict()
     manifest["tolerance"] = {k: v for k, v in asdict(tolerance).items() if v is not None}
     with Staging(dest) as staging:
-        forms = _build_forms(fp32, staging.path, cache, options, keep_float, data, cpu, want_openvino, say, manifest)
+        forms = _build_forms(fp32, staging.path, cache, options, keep_float, data, cpu, want_openvino, say, manifest,
+                             tuning)
         manifest["forms"] = forms
         say("checking INT8 parity")
         manifest["parity"] = {name: int8_parity(reference, staging.path / f["file"], photos.inputs, tolerance).to_dict()
@@ -205,6 +209,9 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
         manifest["parity_enforced"] = sorted(enforced & set(forms))
         if random_weights:
             manifest["parity_note"] = RANDOM_NOTE
+        if time_forms:
+            say("timing INT8 against FP32 at batch 1")
+            manifest["speed"] = form_speed(fp32, staging.path, forms)
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         files = [name for f in forms.values() for name in (f.get("weights_file"), f["file"]) if name]
         failed = _outside(manifest, enforced)
@@ -221,35 +228,164 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
         _remove_stale(dest, want_openvino)
         write_json(dest / MANIFEST_FILE, manifest)
     return Int8Result(recipe.name, dest, fp32, _files(dest, manifest), dest / MANIFEST_FILE, manifest, cache,
-                      cache_reused, warnings=list(data.warnings))
+                      cache_reused, warnings=[*data.warnings, *slower_warnings(manifest)])
+
+
+@dataclass
+class TuningSet:
+    """The calibration inputs a form is judged on before the gate (sensitivity.py), with FP32's outputs on them."""
+
+    inputs: np.ndarray
+    reference: np.ndarray
+    target: Tolerance
+
+
+def _tuning_set(fp32: Path, inputs: np.ndarray, tolerance: Tolerance) -> TuningSet:
+    chosen = sensitivity.spaced(inputs, sensitivity.TUNING_INPUTS)
+    return TuningSet(chosen, run_model(fp32, chosen), tolerance)
 
 
 def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, keep_float, data: CalibrationData,
-                 cpu: dict, want_openvino: bool, say: Progress, manifest: dict) -> dict[str, dict]:
-    """Every INT8 form into `folder` from the cached ranges (and NNCF's own statistics); checks the QDQ form."""
-    forms = {}
+                 cpu: dict, want_openvino: bool, say: Progress, manifest: dict,
+                 tuning: TuningSet | None) -> dict[str, dict]:
+    """Every INT8 form into `folder` from the cached ranges (and NNCF's own statistics); checks the QDQ form.
+
+    With a `tuning` set (trained weights), a form outside the tolerance on it keeps its most sensitive layers in
+    float as well (sensitivity.py); the ranking is measured once, on the portable form as first built."""
+    builders: dict[str, tuple[Path, Callable[[list], Path], dict]] = {}
     for form in qdq.forms_for(cpu).values():
-        say(f"quantizing: {form.filename}")
         target = folder / form.filename
-        qdq.build_form(fp32, target, form, cache, options.method, keep_float)
-        forms[form.name] = {"file": form.filename, "backends": list(form.backends), "description": form.description,
-                            "sha256": sha256_of(target), "bytes": target.stat().st_size,
-                            "files": {form.filename: sha256_of(target)}}
-    check = qdq.check_tensorrt_qdq(folder / qdq.PORTABLE.filename)
+
+        def build(keep, form=form, target=target) -> Path:
+            say(f"quantizing: {form.filename}" + (f" ({len(keep)} layers in float)" if keep else ""))
+            qdq.build_form(fp32, target, form, cache, options.method, keep)
+            return target
+
+        builders[form.name] = (target, build, {"backends": list(form.backends), "description": form.description})
+    if want_openvino:
+        xml = folder / NNCF_XML
+        nncf_info: dict = {}
+
+        def build_openvino(keep) -> Path:
+            say("quantizing for OpenVINO with NNCF" + (f" ({len(keep)} layers in float)" if keep else ""))
+            nncf_info.update(quantize_openvino(fp32, data.inputs, keep, xml, overflow_fix=cpu["reduced_weights"]))
+            return xml
+
+        builders[OPENVINO_FORM] = (xml, build_openvino, {
+            "backends": ["openvino"], "description": "NNCF INT8 OpenVINO IR (UINT8 activations: OpenVINO only)",
+            "weights_file": NNCF_BIN, "nncf": nncf_info})
+    ranking = _Ranking(fp32, folder, keep_float, tuning, say, manifest)
+    weighted = _weighted_layers(fp32)
+    forms = {}
+    for name, (target, build, info) in builders.items():
+        build(keep_float)
+        if name == qdq.PORTABLE.name:
+            _check_portable(folder / qdq.PORTABLE.filename, manifest)
+            ranking.keep_base(target)
+        kept = [f.node for f in keep_float]
+        if tuning is not None:
+            first = compare(tuning.reference, run_model(target, tuning.inputs), tuning.target)
+            tuned = sensitivity.tune_form(name, build, lambda path: run_model(path, tuning.inputs),
+                                          tuning.reference, keep_float, ranking, tuning.target, weighted, first)
+            info["tuning"] = tuned.to_dict()
+            kept += tuned.added
+        files = {target.name: sha256_of(target)}
+        if target.suffix == ".xml":
+            files[target.with_suffix(".bin").name] = sha256_of(target.with_suffix(".bin"))
+        forms[name] = {"file": target.name, **info, "keep_float": kept, "sha256": sha256_of(target),
+                       "bytes": sum((folder / f).stat().st_size for f in files), "files": files}
+    return forms
+
+
+class _Ranking:
+    """The layer ranking, measured on the first call from the portable form as first built (kept aside, since
+    tuning rebuilds that file) and shared by every form after."""
+
+    def __init__(self, fp32: Path, folder: Path, keep_float, tuning: TuningSet | None, say: Progress,
+                 manifest: dict):
+        self.fp32, self.folder, self.keep_float, self.tuning, self.say = fp32, folder, keep_float, tuning, say
+        self.manifest, self.base, self.scores = manifest, None, None
+
+    def keep_base(self, portable: Path) -> None:
+        if self.tuning is not None:
+            self.base = self.folder / ".portable-base.onnx"  # inside the staging folder: never published
+            self.base.write_bytes(portable.read_bytes())
+
+    def __call__(self) -> list[sensitivity.LayerScore]:
+        if self.scores is None:
+            inputs = sensitivity.spaced(self.tuning.inputs, sensitivity.RANKING_INPUTS)
+            reference = sensitivity.spaced(self.tuning.reference, sensitivity.RANKING_INPUTS)
+            try:
+                self.scores = sensitivity.rank_layers(self.fp32, self.base, inputs, reference,
+                                                      {f.node for f in self.keep_float}, progress=self.say)
+            finally:
+                self.base.unlink(missing_ok=True)
+            self.manifest["sensitivity"] = {"inputs": len(inputs), "measure": "gain in mean (1 - cosine) of the "
+                                            "logits with the layer alone in float", "most_sensitive": [
+                                                asdict(s) for s in self.scores[:10]]}
+        return self.scores
+
+
+def _weighted_layers(fp32: Path) -> int:
+    model = onnx.load(str(fp32), load_external_data=False)
+    return sum(n.op_type in qdq.WEIGHTED_OPS for n in model.graph.node)
+
+
+def _check_portable(path: Path, manifest: dict) -> None:
+    check = qdq.check_tensorrt_qdq(path)
     manifest["qdq_check"] = check.to_dict()
     if not check.passed:
         raise ExportError(f"{qdq.PORTABLE.filename} is not in TensorRT's QDQ form: {'; '.join(check.problems[:3])}"
                           f" (onnxruntime {tool_versions()['onnxruntime']} quantizer output changed?)")
-    if want_openvino:
-        say("quantizing for OpenVINO with NNCF")
-        xml = folder / NNCF_XML
-        info = quantize_openvino(fp32, data.inputs, keep_float, xml, overflow_fix=cpu["reduced_weights"])
-        forms[OPENVINO_FORM] = {"file": NNCF_XML, "weights_file": NNCF_BIN, "backends": ["openvino"],
-                                "description": "NNCF INT8 OpenVINO IR (UINT8 activations: OpenVINO only)",
-                                "sha256": sha256_of(xml), "bytes": xml.stat().st_size +
-                                xml.with_suffix(".bin").stat().st_size, "nncf": info,
-                                "files": {NNCF_XML: sha256_of(xml), NNCF_BIN: sha256_of(xml.with_suffix(".bin"))}}
-    return forms
+
+
+# The CPU forms and the backend each is served by; the portable form is for TensorRT (not timed on a CPU).
+TIMED_FORMS = {qdq.ORT_CPU.name: "onnxruntime", OPENVINO_FORM: "openvino"}
+SPEED_CHECK = BenchConfig(iters=20, min_warmup=3, max_warmup=40, max_warmup_s=5.0)
+SPEED_ROUNDS = 3
+
+
+def form_speed(fp32: Path, folder: Path, forms: dict[str, dict]) -> dict[str, dict]:
+    """Batch-1 median latency of each CPU INT8 form against FP32 on the backend that serves it, on this CPU.
+
+    INT8 is not faster everywhere: on an AVX2 CPU without VNNI, ONNX Runtime ran MobileNetV3-large's INT8 1.13x
+    slower than FP32. So every build measures, and a form slower than FP32 is named with the faster precision
+    (slower_warnings). The rounds alternate FP32 and INT8 with one runner open at a time (an idle ONNX Runtime
+    session keeps its threads spinning) and each latency is the median of the rounds' medians: the machine may
+    be shared. A measurement, recorded with the CPU; nothing is decided by it but the warning."""
+    from effexport.exporter.backends import get_backend
+    from effexport.exporter.cpu_env import cpu_model
+
+    timed = {form: get_backend(name) for form, name in TIMED_FORMS.items() if form in forms}
+    timed = {form: backend for form, backend in timed.items() if backend.probe().available}
+    x = np.random.default_rng(0).standard_normal(_input_shape(fp32), dtype=np.float32)
+    speed = {}
+    for form, backend in timed.items():
+        runtime = backend.load()
+        medians: dict[str, list[float]] = {"fp32": [], "int8": []}
+        for _ in range(SPEED_ROUNDS):
+            for precision, path in (("fp32", fp32), ("int8", folder / forms[form]["file"])):
+                with runtime.open_runner(path, precision=precision, batch=1) as runner:
+                    medians[precision].append(measure(lambda r=runner: r.run(x), 1, SPEED_CHECK)[1].p50)
+        fp32_s, int8_s = (float(np.median(medians[p])) for p in ("fp32", "int8"))
+        speed[form] = {"backend": backend.name, "batch": 1, "fp32_ms": round(fp32_s * 1e3, 3),
+                       "int8_ms": round(int8_s * 1e3, 3), "speedup": round(fp32_s / int8_s, 3),
+                       "cpu": cpu_model(), "rounds": SPEED_ROUNDS, "runs_per_round": SPEED_CHECK.iters}
+    return speed
+
+
+def slower_warnings(manifest: dict) -> list[str]:
+    """One line for each CPU form that ran slower than FP32 when it was built, naming the faster precision."""
+    return [f"INT8 ({form}) ran {s['int8_ms']:.2f} ms against FP32's {s['fp32_ms']:.2f} ms at batch 1 in "
+            f"{s['backend']} on this CPU ({s['cpu']}): serve FP32 on {s['backend']} here, or time both with "
+            f"`effexport bench --precision fp32,int8`"
+            for form, s in manifest.get("speed", {}).items() if s["speedup"] < 1.0]
+
+
+def _input_shape(fp32: Path) -> tuple[int, ...]:
+    model = onnx.load(str(fp32), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return (1, *(d.dim_value for d in dims[1:]))
 
 
 def _outside(manifest: dict, enforced: set[str]) -> str:
@@ -273,7 +409,10 @@ def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, c
     key = {"cache": cache_key_, "openvino": openvino, "rules": [asdict(r) for r in rules],
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
            "parity_images": images_key(images),
-           "heldout": heldout_available(), "random_weights": random_weights, "versions": tool_versions()}
+           "heldout": heldout_available(), "random_weights": random_weights, "versions": tool_versions(),
+           "tuning": None if random_weights else {"inputs": sensitivity.TUNING_INPUTS,
+                                                  "ranking": sensitivity.RANKING_INPUTS,
+                                                  "max_float_share": sensitivity.MAX_FLOAT_SHARE}}
     return key_digest(key)
 
 

@@ -2,7 +2,11 @@
 
 For OpenVINO only: NNCF quantizes non-negative activations to UINT8, which TensorRT rejects. The same
 calibration inputs and the recipe's keep-float layers are used as for the QDQ forms; the ranges are NNCF's
-own (its default min/max and quantile estimators with fast bias correction), not the ONNX Runtime table.
+own (its default min/max and quantile estimators), not the ONNX Runtime table. Two settings differ from NNCF's
+defaults, both measured on a trained EfficientNet-Lite (Intel Xeon with AVX-512 VNNI, 130 crops of 13 photos):
+full bias correction (BiasCorrection, not FastBiasCorrection: 93.1% -> 96.9% top-1 agreement with FP32) and, on a
+CPU with VNNI or AMX, no overflow fix (the default FIRST_LAYER gives the first quantized layer 7-bit weights that
+an 8-bit multiply-accumulate in 32 bits does not need: 87.7% -> 93.1%).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[Floa
     """Write `xml` (+ .bin) with NNCF INT8; returns what the manifest records about the run.
 
     `overflow_fix`: 7-bit weights on every layer (NNCF's OverflowFix.ENABLE), for CPUs without VNNI where 8-bit
-    weights saturate OpenVINO's 16-bit accumulators; NNCF's default fixes the first layer only."""
+    weights saturate OpenVINO's 16-bit accumulators; otherwise none (OverflowFix.DISABLE)."""
     nncf, ov = require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -63,11 +67,12 @@ def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[Floa
         log.warning("%d of %d keep-float layers have no OpenVINO op of the same name; NNCF quantizes them",
                     len(keep_float) - len(ignored), len(keep_float))
     dataset = nncf.Dataset(list(inputs), lambda x: x[None])
-    fix = OverflowFix.ENABLE if overflow_fix else OverflowFix.FIRST_LAYER
-    quantized = nncf.quantize(model, dataset, subset_size=len(inputs),
+    fix = OverflowFix.ENABLE if overflow_fix else OverflowFix.DISABLE
+    quantized = nncf.quantize(model, dataset, subset_size=len(inputs), fast_bias_correction=False,
                               ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
                               advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix))
     # compress_to_fp16=False: the non-quantized weights (keep-float layers, biases) stay FP32 as verified.
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize", "preset": "performance (default)", "subset_size": len(inputs),
+            "bias_correction": "full",
             "overflow_fix": fix.value, "ignored_ops": ignored}

@@ -287,8 +287,10 @@ def _int8_source(ctx: Context, backend: str) -> SourceModel:
             "calibration_fingerprint": result.manifest["fingerprint"],
             "method": result.manifest["method"], "calibration_data": {k: data[k] for k in ("source", "kind", "count")},
             "skipped": len(data["skipped"]), "cache": result.manifest["cache"]["file"],
-            "keep_float": [k["node"] for k in result.manifest["keep_float"]], "cpu": result.manifest.get("cpu"),
+            "keep_float": built["keep_float"], "cpu": result.manifest.get("cpu"),
             "calibration_parity": result.manifest["parity"][form]}
+    if form in result.manifest.get("speed", {}):
+        info["speed_at_build"] = result.manifest["speed"][form]
     return SourceModel(result.files[form], f"int8 ({form})", f"{result.manifest['fingerprint']}:{built['sha256']}",
                        info)
 

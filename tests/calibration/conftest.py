@@ -8,9 +8,13 @@ import torch
 from torch import nn
 
 from effexport.exporter.inputs import synthetic_images
+from effexport.exporter.pipeline import export_recipe
+from effexport.job import ExportOptions, resolve_job
 from effexport.recipes import Preprocess
 
 PP = Preprocess((32, 32), crop_pct=1.0)
+RECIPE = "mobilenetv3_small"  # the recipe whose real export the INT8 build tests share
+SMALL = ExportOptions(img_size=64, dynamic_batch=True)  # INT8 starts from the dynamic-batch export
 
 
 class Tiny(nn.Module):
@@ -39,6 +43,12 @@ def tiny_onnx(tmp_path_factory) -> Path:
         torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), opset_version=17, dynamo=False,
                           input_names=["input"], output_names=["logits"])
     return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One verified FP32 export of RECIPE per test module; each test copies it into its own folder."""
+    return export_recipe(resolve_job(RECIPE, export=SMALL, out=tmp_path_factory.mktemp("fp32"))).path
 
 
 @pytest.fixture

@@ -14,21 +14,12 @@ from effexport.calibration.qdq import check_tensorrt_qdq
 from effexport.errors import ParityError
 from effexport.exporter.artifacts import LOCK_FILE, REJECTED_DIR
 from effexport.exporter.deploy import open_context
-from effexport.exporter.pipeline import export_recipe
 from effexport.job import ExportOptions, parse_tolerances, resolve_job
 from effexport.recipes import get_recipe
-from tests.calibration.conftest import write_corrupt, write_images
+from tests.calibration.conftest import RECIPE, write_corrupt, write_images
 
-RECIPE = "mobilenetv3_small"
-SMALL = ExportOptions(img_size=64, dynamic_batch=True)  # INT8 starts from the dynamic-batch export
 PP = get_recipe(RECIPE).preprocess.at(64)
 IMPOSSIBLE = parse_tolerances(["int8:min_cosine=1.01"])["int8"]  # stands in for a bad quantization
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One verified FP32 export shared by the tests; each copies it into its own folder."""
-    return export_recipe(resolve_job(RECIPE, export=SMALL, out=tmp_path_factory.mktemp("fp32"))).path
 
 
 @pytest.fixture

@@ -1,0 +1,189 @@
+"""Accuracy-aware INT8: the one-layer-in-float variants, the ranking and the tuning loop."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from effexport.calibration import build, qdq, sensitivity
+from effexport.calibration.options import Int8Options
+from effexport.calibration.qdq import FloatLayer
+from effexport.exporter.parity import Tolerance, compare, tolerance_for
+from effexport.recipes import FIRST_CONV, KeepFloat, get_recipe
+from tests.calibration.conftest import RECIPE
+from tests.calibration.test_build import PP
+
+
+def run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.fixture(scope="module")
+def portable(tiny_onnx, tmp_path_factory):
+    """The tiny model's portable QDQ form with only the stem in float, calibrated on random inputs."""
+    folder = tmp_path_factory.mktemp("portable")
+    inputs = np.random.default_rng(1).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
+    cache = folder / "ranges.json"
+    qdq.calibrate_ranges(tiny_onnx, inputs, "minmax", cache, folder)
+    keep = qdq.resolve_keep_float(onnx.load(str(tiny_onnx)), (KeepFloat(FIRST_CONV, "stem"),))
+    path = folder / "qdq.onnx"
+    qdq.build_form(tiny_onnx, path, qdq.PORTABLE, cache, "minmax", keep)
+    return path, keep
+
+
+def quantized_nodes(path: Path) -> list[str]:
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in qdq.WEIGHTED_OPS
+            and producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"]
+
+
+def test_every_layer_in_float_gives_back_the_fp32_model(tiny_onnx, portable, calib_inputs):
+    path, _ = portable
+    fp32_model, model = onnx.load(str(tiny_onnx)), onnx.load(str(path))
+    names = quantized_nodes(path)
+    assert len(names) == 3  # dw, pw, fc: the stem was kept in float
+    for name in names:
+        model = sensitivity.float_variant(model, fp32_model, name)
+    reference, quantized = run(tiny_onnx, calib_inputs), run(path, calib_inputs)
+    assert not np.allclose(quantized, reference, atol=1e-4)  # the QDQ model really rounds
+    np.testing.assert_allclose(run(model, calib_inputs), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_one_layer_in_float_leaves_the_others_quantized(tiny_onnx, portable):
+    path, _ = portable
+    variant = sensitivity.float_variant(onnx.load(str(path)), onnx.load(str(tiny_onnx)), quantized_nodes(path)[0])
+    out = Path(path).parent / "variant.onnx"
+    onnx.save(variant, str(out))
+    assert quantized_nodes(out) == quantized_nodes(path)[1:]
+    assert onnx.load(str(path)) != variant  # the input model is not modified
+
+
+def test_ranking_orders_layers_by_what_float_gives_back(tiny_onnx, portable, calib_inputs):
+    path, keep = portable
+    reference = run(tiny_onnx, calib_inputs)
+    scores = sensitivity.rank_layers(tiny_onnx, path, calib_inputs, reference, {f.node for f in keep})
+    assert [s.node for s in scores] != [] and {s.node for s in scores} == set(quantized_nodes(path))
+    assert [s.gain for s in scores] == sorted((s.gain for s in scores), reverse=True)
+    # each gain is the loss of the quantized model minus the loss with that one layer in float
+    base = sensitivity.loss(reference, run(path, calib_inputs))
+    fp32_model, model = onnx.load(str(tiny_onnx)), onnx.load(str(path))
+    for score in scores:
+        alone = sensitivity.loss(reference, run(sensitivity.float_variant(model, fp32_model, score.node), calib_inputs))
+        assert score.gain == pytest.approx(base - alone, rel=1e-6, abs=1e-12)
+
+
+def test_spaced_spreads_over_the_inputs():
+    x = np.arange(100)[:, None]
+    assert sensitivity.spaced(x, 200) is x
+    picked = sensitivity.spaced(x, 5)[:, 0].tolist()
+    assert picked == [0, 25, 50, 74, 99]
+
+
+# ---------------------------------------------------------------------------------------------- the tuning loop
+# The loop's own logic, with a stand-in for building and running a form: the "form" is a vector of logits whose
+# error shrinks with each float layer, so the step that passes is known in advance.
+
+REFERENCE = np.tile(np.array([[4.0, 3.0, 0.0, -1.0]]), (20, 1))
+TARGET = Tolerance(min_cosine=0.99, min_top1=0.95)
+STEM = (FloatLayer("stem", "Conv", "stem", ""),)
+RANKED = [sensitivity.LayerScore(f"layer{i}", "Conv", 1.0 / (i + 1)) for i in range(10)]
+
+
+class StandIn:
+    """build() records the float set asked for; run() returns logits that flip top-1 on `flips(n)` inputs."""
+
+    def __init__(self, flips):
+        self.flips, self.built, self.ranked = flips, [], 0
+
+    def build(self, keep: list[FloatLayer]) -> Path:
+        self.built.append([f.node for f in keep])
+        return Path(f"form-{len(keep)}")
+
+    def run(self, path: Path) -> np.ndarray:
+        out = REFERENCE.copy()
+        out[: self.flips(int(path.name.split("-")[1]) - 1), :2] = [3.0, 4.0]  # swap the two top logits
+        return out
+
+    def ranking(self):
+        self.ranked += 1
+        return RANKED
+
+    def tune(self, base=STEM, weighted=40):
+        first = compare(REFERENCE, self.run(self.build(list(base))), TARGET)
+        return sensitivity.tune_form("f", self.build, self.run, REFERENCE, list(base), self.ranking, TARGET,
+                                     weighted, first)
+
+
+def test_a_form_that_passes_is_not_tuned():
+    stand_in = StandIn(lambda extra: 0)
+    tuning = stand_in.tune()
+    assert tuning.passed and tuning.added == [] and stand_in.ranked == 0 and len(tuning.steps) == 1
+
+
+def test_layers_are_added_most_sensitive_first_until_the_form_passes():
+    stand_in = StandIn(lambda extra: max(0, 4 - extra))  # 4 flips in 20; passes (no flip) from 4 more layers
+    tuning = stand_in.tune()
+    assert tuning.passed and tuning.added == ["layer0", "layer1", "layer2", "layer3"]  # steps 1, 2, 4
+    assert [s["extra_float_layers"] for s in tuning.steps] == [0, 1, 2, 4]
+    assert stand_in.built[-1] == ["stem", "layer0", "layer1", "layer2", "layer3"]
+    assert stand_in.ranked == 1
+
+
+def test_without_a_passing_step_the_closest_one_is_rebuilt():
+    flips = {0: 6, 1: 5, 2: 2, 4: 3, 8: 4, 9: 4}  # best at 2 extra layers, never within 1 flip
+    stand_in = StandIn(lambda extra: flips[extra])
+    tuning = stand_in.tune(weighted=37)  # 36 quantized layers: at most 25%, 9, are added
+    assert not tuning.passed
+    assert [s["extra_float_layers"] for s in tuning.steps] == [0, 1, 2, 4, 8, 9]
+    assert tuning.added == ["layer0", "layer1"] and stand_in.built[-1] == ["stem", "layer0", "layer1"]
+
+
+# ---------------------------------------------------------------------------------------------- in the INT8 build
+
+
+def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, monkeypatch):
+    """With weights treated as trained, every form is judged on the tuning set, tuned when it fails there (a
+    tolerance no INT8 model meets forces that here), and timed against FP32 on its backend."""
+    fp32 = tmp_path / RECIPE / exported.parent.name / "model.onnx"
+    fp32.parent.mkdir(parents=True)
+    shutil.copy(exported, fp32)
+    monkeypatch.setattr(build, "_tuning_set", lambda path, inputs, tolerance: build.TuningSet(
+        inputs[:6], build.run_model(path, inputs[:6]), Tolerance(min_cosine=1.01)))
+    options = Int8Options(openvino=False)
+    result = build.ensure_int8(get_recipe(RECIPE), fp32, PP, options, fp32.parent.parent / options.tag,
+                               tmp_path / "cache", enforce=(), tolerance=tolerance_for("int8"))
+    manifest = json.loads(result.manifest_path.read_text())
+    weighted = sum(n.op_type in qdq.WEIGHTED_OPS for n in onnx.load(str(fp32)).graph.node)
+    base = [k["node"] for k in manifest["keep_float"]]
+    for name, form in manifest["forms"].items():
+        tuning = form["tuning"]
+        assert not tuning["passed"] and len(tuning["steps"]) >= 2, name
+        assert form["keep_float"] == base + tuning["added"]
+        assert len(tuning["added"]) <= int(sensitivity.MAX_FLOAT_SHARE * (weighted - len(base)))
+        # the file on disk is the form with those layers in float: none of them has a quantized weight
+        assert not set(tuning["added"]) & set(quantized_nodes(result.files[name]))
+    ranked = manifest["sensitivity"]["most_sensitive"]
+    assert ranked and [r["gain"] for r in ranked] == sorted((r["gain"] for r in ranked), reverse=True)
+    speed = manifest["speed"]["ort_cpu"]
+    assert speed["backend"] == "onnxruntime" and speed["fp32_ms"] > 0 and speed["int8_ms"] > 0
+    assert speed["speedup"] == pytest.approx(speed["fp32_ms"] / speed["int8_ms"], rel=1e-2)
+    assert "qdq" not in manifest["speed"]  # the portable form is for TensorRT, not timed on a CPU
+    slower = [w for w in result.warnings if "serve FP32" in w]
+    assert bool(slower) == (speed["speedup"] < 1.0)
+
+
+def test_a_form_slower_than_fp32_is_named_with_the_faster_precision():
+    manifest = {"speed": {"ort_cpu": {"backend": "onnxruntime", "fp32_ms": 4.0, "int8_ms": 5.0, "speedup": 0.8,
+                                      "cpu": "Some CPU"},
+                          "openvino": {"backend": "openvino", "fp32_ms": 4.0, "int8_ms": 2.0, "speedup": 2.0,
+                                       "cpu": "Some CPU"}}}
+    (warning,) = build.slower_warnings(manifest)
+    assert "ort_cpu" in warning and "5.00 ms" in warning and "4.00 ms" in warning and "serve FP32 on onnxruntime" \
+        in warning and "Some CPU" in warning
