@@ -4,8 +4,9 @@ For each model: FP32; the library defaults (ONNX Runtime's quantize_static with 
 default quantize); and effexport's forms from one calibration (the ONNX Runtime CPU form, the portable QDQ
 form run in both runtimes, the NNCF model with the recipe's keep-float layers, and the ONNX Runtime CPU form run
 in OpenVINO). All INT8 models are calibrated on the same inputs (default: views of the 9 built-in photographs,
-as `effexport calibrate` uses them) and judged on held-out photographs that calibration never saw
-(effexport.calibration.heldout; needs the `eval` extra).
+as `effexport calibrate` uses them) and judged on the held-out photographs that ship with effexport and calibration
+never saw (effexport.calibration.heldout: 3 views of each of 42 photographs). The trained EfficientNet-Lite0 comes
+from the `eval` extra.
 
 Every model runs through the backends' own runners (effexport.exporter.backends: the ones verify and bench use)
 and is timed by the one harness (effexport.exporter.bench.measure): warm-up until the median settles, then timed

@@ -105,7 +105,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log eve
 
 
 def _warn(text: str) -> None:
-    """One warning line; the text is not markup (it names pip extras like 'effexport[eval]')."""
+    """One warning line; the text is not markup (it names pip extras like 'effexport[nncf]')."""
     from rich.markup import escape
 
     err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)

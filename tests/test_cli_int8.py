@@ -100,11 +100,11 @@ def test_verify_int8_runs_each_backends_form_in_one_table(capsys, deploy_out, ca
     rows = {(r["backend"], r["precision"]): r for r in table["rows"]}
     assert rows["onnxruntime", "int8"]["artifact"].endswith("onnxruntime-int8-64px/model.onnx")
     assert rows["openvino", "int8"]["artifact"].endswith("openvino-int8-64px/model.xml")
-    assert rows["onnxruntime", "int8"]["parity"]["samples"] == 72 and rows["onnxruntime", "fp32"]["parity"][
+    assert rows["onnxruntime", "int8"]["parity"]["samples"] == 126 and rows["onnxruntime", "fp32"]["parity"][
         "samples"] == 16
     assert table["policy"]["int8"] == {"min_cosine": 0.99, "min_top1": 0.95} and table["int8_calibration"]
     flat = " ".join(stdout.split())
-    assert "int8 compared over 72 views of 12 held-out photographs" in flat and "INT8 PARITY NOT ENFORCED" in err
+    assert "int8 compared over 126 views of 42 held-out photographs" in flat and "INT8 PARITY NOT ENFORCED" in err
     # random weights: outside an impossible tolerance is reported, not a failure
     code, _, err = run([*args, "--precision", "int8", "--tolerance", "int8:min_cosine=1.5"], capsys)
     assert code == 0 and "NOT ENFORCED" in err
@@ -185,16 +185,14 @@ def test_calibrate_takes_the_recipe_options(capsys, tmp_path, calib):
     assert report["weights"]["finalized"]["source"] == str(calib)  # BatchNorm re-estimated on the --calib images
 
 
-def test_the_eval_extra_hint_is_printed_whole(capsys, tmp_path, monkeypatch):
+def test_calibrate_warns_when_int8_parity_ran_on_the_calibration_photographs(capsys, tmp_path, monkeypatch):
     from effexport.calibration import heldout
-    from effexport.errors import MissingDependencyError
+    from effexport.exporter.inputs import BUILTIN_DIR, image_files
 
-    def absent():
-        raise MissingDependencyError(f"the held-out photographs need the package mahotas: {heldout.EVAL_EXTRA}")
-
-    monkeypatch.setattr(heldout, "photo_paths", absent)
-    monkeypatch.setattr(heldout, "heldout_available", lambda: False)
-    code, stdout, err = run(["calibrate", RECIPE, *SMALL, "--no-openvino", "--out",
-                             str(tmp_path)], capsys)
+    # held-out photographs that are the built-in ones: calibrated on those, no photograph is left that calibration
+    # did not see
+    monkeypatch.setattr(heldout, "photo_paths", lambda: image_files(BUILTIN_DIR))
+    code, stdout, err = run(["calibrate", RECIPE, *SMALL, "--no-openvino", "--out", str(tmp_path)], capsys)
     assert code == 0, err
-    assert "pip install 'effexport[eval]'" in " ".join(stdout.split())  # rich would eat [eval] as markup
+    assert "which were also the calibration data" in " ".join(stdout.split())
+    assert "INT8 parity was measured on the calibration photographs themselves" in err

@@ -10,7 +10,8 @@ Library entry points (the workflow in effexport.exporter.deploy calls these):
 - `qdq.check_tensorrt_qdq(path)`: TensorRT's QDQ rules (zero points 0, per-tensor activations,
   per-output-channel weights).
 - `data.load_calibration(source, preprocess, size, seed)`: calibration inputs and their manifest.
-- `heldout.heldout_inputs(preprocess)`: photographs never used for calibration, for judging INT8 (eval extra).
+- `heldout.heldout_inputs(preprocess)`: the shipped held-out photographs (heldout/, licences in heldout/LICENSES.md),
+  never used for calibration, for judging INT8.
 - `heldout.int8_parity_inputs(preprocess, images, data_manifest)`: the photographs every INT8 parity check uses.
 
 The commands reach all of this through `effexport.exporter.deploy`: `Context.int8_build()` calibrates once into

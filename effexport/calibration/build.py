@@ -33,7 +33,7 @@ import onnx
 from effexport import __version__
 from effexport.calibration import qdq, sensitivity
 from effexport.calibration.data import CalibrationData, load_calibration
-from effexport.calibration.heldout import heldout_available, int8_parity_inputs
+from effexport.calibration.heldout import heldout_digest, int8_parity_inputs
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
 from effexport.calibration.options import Int8Options
 from effexport.errors import ExportError, ParityError, UsageError
@@ -409,7 +409,7 @@ def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, c
     key = {"cache": cache_key_, "openvino": openvino, "rules": [asdict(r) for r in rules],
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
            "parity_images": images_key(images),
-           "heldout": heldout_available(), "random_weights": random_weights, "versions": tool_versions(),
+           "heldout": heldout_digest(), "random_weights": random_weights, "versions": tool_versions(),
            "tuning": None if random_weights else {"inputs": sensitivity.TUNING_INPUTS,
                                                   "ranking": sensitivity.RANKING_INPUTS,
                                                   "max_float_share": sensitivity.MAX_FLOAT_SHARE}}

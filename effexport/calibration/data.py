@@ -7,9 +7,10 @@ and seed always give the same set. Every file read is hashed into the data manif
 
 Fewer than SMALL_SET photographs (the 9 built-in ones, a quick --calib folder) are each calibrated on as 12
 deterministic views: the whole photo and five crops (heldout.VIEWS), and their mirror images. Measured on the
-ImageNet-trained EfficientNet-Lite0 with the built-in photographs, 72 held-out views (bench/int8.py): NNCF's model
-agreed with FP32 top-1 on 80.6% (mean cosine 0.953) calibrated on the 9 photos, 87.5% (0.981) on their 108 views;
-the ONNX Runtime forms moved within noise (86.1% -> 87.5%, portable 95.8% -> 94.4%).
+ImageNet-trained EfficientNet-Lite0 with the built-in photographs, on the 72 held-out views of the time (12
+photos, bench/int8.py): NNCF's model agreed with FP32 top-1 on 80.6% (mean cosine 0.953) calibrated on the 9
+photos, 87.5% (0.981) on their 108 views; the ONNX Runtime forms moved within noise (86.1% -> 87.5%, portable
+95.8% -> 94.4%).
 """
 
 from __future__ import annotations

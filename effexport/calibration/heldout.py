@@ -1,22 +1,28 @@
 """Held-out photographs for judging INT8 accuracy: real photos that are NOT in the calibration set, and the choice
 of the photographs every INT8 parity check uses (`int8_parity_inputs`).
 
-The calibration set (calibration/images/) already holds the colour photographs of scikit-image, scikit-learn
-and matplotlib. The photographs here come from other files of packages that the `eval` extra installs
-(nothing is copied into effexport): scikit-image's remaining photographs, two demo photos of mahotas and
-imgaug's quokka. No photograph is shared with the built-in calibration set; scikit-image's licence notes
-say each of its images is CC0, public domain or without known copyright restrictions.
+The photographs ship with effexport in heldout/ (sources, licences and sha256 of every file in heldout/LICENSES.md):
+42 colour photographs taken from Debian packages (GCompris' activity photographs, Palapeli's puzzles, Lomiri's
+wallpapers), each in the public domain or under CC0 or CC BY. Most show what an ImageNet classifier knows (animals,
+everyday objects, buildings, landscapes), so FP32 is sure of its answer (the trained EfficientNet-Lite0: top-1
+probability 0.3 or more on 119 of the 126 views) and a changed top-1 means INT8 changed the function, not that noise
+flipped a near-tie; a few are harder scenes. None is in the built-in calibration set.
 
-How independent this is: 12 photographs, each seen as 6 deterministic views (the whole photo and five
-crops), so 72 inputs but only 12 independent scenes; several are grayscale or textures unlike ImageNet.
-Enough to catch an INT8 model that disagrees with FP32 on one input in ten, not to measure accuracy.
+Views: each photograph is seen whole, as a central zoom and as one corner crop (which corner follows from the file
+name, so a photograph always gets the same three), 126 inputs in all. Every INT8 parity check runs each INT8 form on
+all of them (EfficientNet-Lite0 takes 4 to 11 ms an image in ONNX Runtime on a 2-core CPU, about a second a form);
+with 126 inputs one changed top-1 moves the agreement by 0.8%, so the default 95% tolerates six. The six views that
+calibration uses (VIEWS) would double that cost for little: views of one photograph are correlated, and independent
+photographs are better evidence than more crops of the same ones. 42 scenes are enough to catch an INT8 model that
+disagrees with FP32 on one input in twenty, not to measure accuracy.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import json
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,24 +35,11 @@ from effexport.recipes import Preprocess
 
 log = logging.getLogger(__name__)
 
-# (package, file inside the package): none of these is in calibration/images.
-PHOTOS: tuple[tuple[str, str], ...] = (
-    ("skimage", "data/motorcycle_left.png"),
-    ("skimage", "data/camera.png"),
-    ("skimage", "data/coins.png"),
-    ("skimage", "data/moon.png"),
-    ("skimage", "data/clock_motion.png"),
-    ("skimage", "data/brick.png"),
-    ("skimage", "data/grass.png"),
-    ("skimage", "data/gravel.png"),
-    ("skimage", "data/ihc.png"),
-    ("mahotas", "demos/data/DepartmentStore.jpg"),
-    ("mahotas", "demos/data/luispedro.jpg"),
-    ("imgaug", "quokka.jpg"),
-)
-EVAL_EXTRA = "pip install 'effexport[eval]' (scikit-image, mahotas, imgaug)"
+HELDOUT_DIR = Path(__file__).resolve().parent / "heldout"
+Box = tuple[float, float, float, float]
 # (left, top, right, bottom) as fractions of the photo: the whole photo, four corner crops, a central zoom.
-VIEWS: tuple[tuple[float, float, float, float], ...] = (
+# Calibration sees all six (and their mirror images, calibration.data); a held-out photograph three (heldout_views).
+VIEWS: tuple[Box, ...] = (
     (0.0, 0.0, 1.0, 1.0),
     (0.0, 0.0, 0.65, 0.65),
     (0.35, 0.0, 1.0, 0.65),
@@ -54,47 +47,48 @@ VIEWS: tuple[tuple[float, float, float, float], ...] = (
     (0.35, 0.35, 1.0, 1.0),
     (0.2, 0.2, 0.8, 0.8),
 )
+HELDOUT_VIEWS = 3  # views of each held-out photograph (the module docstring says why)
 
 
 @dataclass
 class HeldOut:
     inputs: np.ndarray  # NCHW float32, the recipe's preprocessing
-    names: list[str]  # "<photo>#<view>"
+    names: list[str]  # one per input: "<photo>#<i>", i the view's index in VIEWS
     photos: int
 
     def describe(self) -> str:
-        return (f"{len(self.names)} views of {self.photos} held-out photographs (scikit-image, mahotas, imgaug; "
-                f"none used for calibration)")
+        return f"{len(self.names)} views of {self.photos} held-out photographs (none used for calibration)"
 
 
 def photo_paths() -> list[Path]:
-    """The held-out photo files; MissingDependencyError when a package that ships them is absent."""
-    paths = []
-    for package, rel in PHOTOS:
-        # find_spec locates a top-level package without importing it (imgaug does not import on numpy 2).
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise MissingDependencyError(f"the held-out photographs need the package {package}: {EVAL_EXTRA}")
-        path = Path(spec.submodule_search_locations[0]) / rel
-        if not path.is_file():
-            raise MissingDependencyError(f"{package} does not ship {rel} any more; held-out set incomplete")
-        paths.append(path)
+    """The shipped held-out photographs, in name order."""
+    paths = sorted(HELDOUT_DIR.glob("*.jpg"))
+    if not paths:
+        raise MissingDependencyError(f"effexport's held-out photographs are missing from {HELDOUT_DIR}: the "
+                                     f"installation is incomplete; reinstall effexport")
     return paths
 
 
-def heldout_available() -> bool:
-    """Whether the packages that ship the held-out photographs are installed (without importing them)."""
-    return all(importlib.util.find_spec(package) is not None for package in {pkg for pkg, _ in PHOTOS})
+def heldout_digest() -> str:
+    """What identifies the held-out inputs: the photographs' sha256 and the views; changes when either does."""
+    files = {p.name: _sha256(p) for p in photo_paths()}
+    return hashlib.sha256(json.dumps({"files": files, "views": VIEWS, "per_photo": HELDOUT_VIEWS},
+                                     sort_keys=True).encode()).hexdigest()
 
 
-def crop_views(image: Image.Image) -> list[Image.Image]:
+def heldout_views(name: str) -> tuple[Box, ...]:
+    """The whole photo, the central zoom and one corner crop, the corner chosen by the file name."""
+    return VIEWS[0], VIEWS[5], VIEWS[1 + zlib.crc32(name.encode()) % 4]
+
+
+def crop_views(image: Image.Image, views: tuple[Box, ...] = VIEWS) -> list[Image.Image]:
     w, h = image.size
-    return [image.crop((round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))) for x0, y0, x1, y1 in VIEWS]
+    return [image.crop((round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))) for x0, y0, x1, y1 in views]
 
 
 def heldout_inputs(pp: Preprocess) -> HeldOut:
-    """Every view of every held-out photograph through the recipe's preprocessing."""
-    inputs, names, photos = _views(photo_paths(), pp)
+    """The views of every held-out photograph through the recipe's preprocessing."""
+    inputs, names, photos = _views(photo_paths(), pp, heldout=True)
     return HeldOut(inputs, names, photos)
 
 
@@ -109,11 +103,13 @@ class ParitySet:
 
     inputs: np.ndarray
     description: str
-    kind: str  # "images" (the user's), "heldout" (eval extra), "builtin", "calibration" (no held-out photo found)
+    kind: str  # "images" (the user's), "heldout" (the shipped held-out set), "builtin", "calibration" (none held out)
     held_out: bool  # False: the photographs were also used for calibration, which flatters INT8
+    names: list[str]  # one per input: the file name, or "<photo>#<i>" for view i (heldout.VIEWS) of a photograph
+    photos: int  # distinct photographs among the inputs
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "held_out": self.held_out, "count": len(self.inputs),
+        return {"kind": self.kind, "held_out": self.held_out, "count": len(self.inputs), "photos": self.photos,
                 "description": self.description}
 
 
@@ -126,22 +122,23 @@ def _not_calibrated(paths: list[Path], calibration_shas: set[str]) -> tuple[list
     return kept, len(paths) - len(kept)
 
 
-def _views(paths: list[Path], pp: Preprocess) -> tuple[np.ndarray, list[str], int]:
-    """Every view of every photograph, preprocessed; their names ("<photo>#<view>") and the photo count."""
+def _views(paths: list[Path], pp: Preprocess, heldout: bool) -> tuple[np.ndarray, list[str], int]:
+    """The views of every photograph (heldout_views, else all of VIEWS), preprocessed; their names and the number of
+    photographs."""
     found = read_images(paths)
     views, names = [], []
     for image, name in zip(found.images, found.names, strict=True):
-        for i, view in enumerate(crop_views(image)):
-            views.append(view)
-            names.append(f"{name}#{i}")
+        for box in heldout_views(name) if heldout else VIEWS:
+            views.extend(crop_views(image, (box,)))
+            names.append(f"{name}#{VIEWS.index(box)}")
     return preprocess_images(views, pp), names, len(found.images)
 
 
 def int8_parity_inputs(pp: Preprocess, images: Path | None, calibration: dict) -> ParitySet:
     """Real photographs that calibration did not see, for judging INT8 against FP32. In order of preference: the
-    user's `images` (files also used for calibration are left out); the held-out photographs of the `eval` extra
-    (6 views each); the built-in photographs when calibration used other data (6 views each). Without any of
-    these the views of the calibration photographs themselves are used, and the description says so.
+    user's `images` (files also used for calibration are left out); the shipped held-out photographs (3 views each);
+    the built-in photographs (6 views each), when calibration used the held-out ones. If calibration saw all of
+    these, the views of the calibration photographs themselves are used, and the description says so.
 
     `calibration` is the data manifest (CalibrationData.manifest()): its file hashes say what calibration saw.
     Synthetic pictures are never used here: a trained model is unsure on them, and INT8 noise flips near-ties.
@@ -159,24 +156,21 @@ def int8_parity_inputs(pp: Preprocess, images: Path | None, calibration: dict) -
             what += f" ({dropped} left out: also used for calibration)"
         if len(files) > MAX_USER_IMAGES:
             what += f" (the first {MAX_USER_IMAGES} of {len(files)})"
-        return ParitySet(preprocess_images(found.images, pp), what, "images", True)
-    try:
-        held = photo_paths()
-    except MissingDependencyError as exc:
-        log.info("held-out photographs unavailable: %s", exc)
-        held = []
-    kept, _ = _not_calibrated(held, shas)
+        return ParitySet(preprocess_images(found.images, pp), what, "images", True, found.names, len(found.images))
+    kept, dropped = _not_calibrated(photo_paths(), shas)
     if kept:
-        inputs, _, n = _views(kept, pp)
-        return ParitySet(inputs, f"{len(inputs)} views of {n} held-out photographs (scikit-image, mahotas, "
-                                 f"imgaug; none used for calibration)", "heldout", True)
+        inputs, names, n = _views(kept, pp, heldout=True)
+        what = f"{len(inputs)} views of {n} held-out photographs (none used for calibration)"
+        if dropped:
+            what += f" ({dropped} left out: also used for calibration)"
+        return ParitySet(inputs, what, "heldout", True, names, n)
     builtin = image_files(BUILTIN_DIR)
     kept, _ = _not_calibrated(builtin, shas)
     if kept:
-        inputs, _, n = _views(kept, pp)
+        inputs, names, n = _views(kept, pp, heldout=False)
         return ParitySet(inputs, f"{len(inputs)} views of {n} built-in photographs (not used for calibration)",
-                         "builtin", True)
-    inputs, _, n = _views(builtin, pp)
+                         "builtin", True, names, n)
+    inputs, names, n = _views(builtin, pp, heldout=False)
     return ParitySet(inputs, f"{len(inputs)} views of the {n} built-in photographs, which were also the calibration "
                              f"data, so INT8 looks better than it is; for photographs calibration never saw pass "
-                             f"--images DIR or {EVAL_EXTRA}", "calibration", False)
+                             f"--images DIR", "calibration", False, names, n)

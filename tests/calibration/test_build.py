@@ -141,7 +141,7 @@ def test_every_backend_has_an_int8_form():
 def test_parity_is_measured_on_held_out_photographs_and_reported_loudly_for_random_weights(calib_dir, fp32):
     result = int8(fp32, calib_dir, calib_size=3)
     assert result.manifest["parity_inputs"]["kind"] == "heldout" and result.manifest["parity_inputs"]["held_out"]
-    assert all(p["samples"] == 72 for p in result.manifest["parity"].values())
+    assert all(p["samples"] == 126 for p in result.manifest["parity"].values())
     assert result.manifest["parity_enforced"] == [] and result.manifest["parity_note"] == build.RANDOM_NOTE
     assert "NOT ENFORCED" in build.RANDOM_NOTE
 

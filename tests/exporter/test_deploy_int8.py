@@ -65,9 +65,9 @@ def test_onnxruntime_int8_artifact_is_the_cpu_form_verified_on_held_out_photos(c
     assert report["source_onnx"]["file"] == "int8-minmax-n4-seed0-64px/model_int8_ort_cpu.onnx"
     assert artifact.path.read_bytes() == (ctx.int8_folder / "model_int8_ort_cpu.onnx").read_bytes()
     parity = report["parity"]
-    assert parity["samples"] == 72 and "held-out" in parity["inputs"] and parity["tolerance"]["min_top1"] == 0.95
+    assert parity["samples"] == 126 and "held-out" in parity["inputs"] and parity["tolerance"]["min_top1"] == 0.95
     assert parity["enforced"] is False and parity["note"] == RANDOM_NOTE
-    assert ctx.reference("int8").inputs.shape == (72, 3, 64, 64)
+    assert ctx.reference("int8").inputs.shape == (126, 3, 64, 64)
     assert (ctx.int8_folder / "reference-int8.npz").is_file()
     assert ensure_artifact(ctx, "onnxruntime", "int8").reused
 
@@ -94,7 +94,7 @@ def test_a_model_with_real_weights_is_held_to_the_int8_tolerance(tmp_path, calib
                                    calibration=Int8Options(source=calib, calib_size=4, openvino=False)))
     assert not ctx.random_weights and ctx.enforced("int8")
     folder = ctx.folder / "onnxruntime-int8-64px"
-    with pytest.raises(ParityError, match="onnxruntime int8 differs from PyTorch on 72 views of 12 held-out"):
+    with pytest.raises(ParityError, match="onnxruntime int8 differs from PyTorch on 126 views of 42 held-out"):
         ensure_artifact(ctx, "onnxruntime", "int8", tolerance=tolerance_for("int8", min_cosine=1.01))
     assert not (folder / "model.onnx").exists() and not (folder / "report.json").exists()  # nothing verified yet
     assert json.loads((folder / "rejected" / "report.json").read_text())["status"] == "failed"
