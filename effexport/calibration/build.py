@@ -193,6 +193,9 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
             qdq.calibrate_ranges(fp32, data.inputs, options.method, cache, Path(work), options.percentile)
     manifest["cache"]["reused"] = cache_reused
     tuning = None if random_weights else _tuning_set(fp32, data.inputs, tolerance)
+    if tuning is not None:
+        manifest["tuning_set"] = {"inputs": len(tuning.inputs), "confident": int(tuning.confident.sum()),
+                                  "confident_from": sensitivity.CONFIDENT}
     say("reading the INT8 parity photographs")
     photos = int8_parity_inputs(pp, images, manifest["data"])
     reference = run_model(fp32, photos.inputs)
@@ -231,23 +234,14 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
                       cache_reused, warnings=[*data.warnings, *slower_warnings(manifest)])
 
 
-@dataclass
-class TuningSet:
-    """The calibration inputs a form is judged on before the gate (sensitivity.py), with FP32's outputs on them."""
-
-    inputs: np.ndarray
-    reference: np.ndarray
-    target: Tolerance
-
-
-def _tuning_set(fp32: Path, inputs: np.ndarray, tolerance: Tolerance) -> TuningSet:
+def _tuning_set(fp32: Path, inputs: np.ndarray, tolerance: Tolerance) -> sensitivity.TuningSet:
     chosen = sensitivity.spaced(inputs, sensitivity.TUNING_INPUTS)
-    return TuningSet(chosen, run_model(fp32, chosen), tolerance)
+    return sensitivity.TuningSet(chosen, run_model(fp32, chosen), tolerance)
 
 
 def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, keep_float, data: CalibrationData,
                  cpu: dict, want_openvino: bool, say: Progress, manifest: dict,
-                 tuning: TuningSet | None) -> dict[str, dict]:
+                 tuning: sensitivity.TuningSet | None) -> dict[str, dict]:
     """Every INT8 form into `folder` from the cached ranges (and NNCF's own statistics); checks the QDQ form.
 
     With a `tuning` set (trained weights), a form outside the tolerance on it keeps its most sensitive layers in
@@ -284,9 +278,8 @@ def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, ke
             ranking.keep_base(target)
         kept = [f.node for f in keep_float]
         if tuning is not None:
-            first = compare(tuning.reference, run_model(target, tuning.inputs), tuning.target)
-            tuned = sensitivity.tune_form(name, build, lambda path: run_model(path, tuning.inputs),
-                                          tuning.reference, keep_float, ranking, tuning.target, weighted, first)
+            tuned = sensitivity.tune_form(name, build, lambda path: run_model(path, tuning.inputs), tuning,
+                                          keep_float, target, ranking, weighted)
             info["tuning"] = tuned.to_dict()
             kept += tuned.added
         files = {target.name: sha256_of(target)}
@@ -301,7 +294,7 @@ class _Ranking:
     """The layer ranking, measured on the first call from the portable form as first built (kept aside, since
     tuning rebuilds that file) and shared by every form after."""
 
-    def __init__(self, fp32: Path, folder: Path, keep_float, tuning: TuningSet | None, say: Progress,
+    def __init__(self, fp32: Path, folder: Path, keep_float, tuning: sensitivity.TuningSet | None, say: Progress,
                  manifest: dict):
         self.fp32, self.folder, self.keep_float, self.tuning, self.say = fp32, folder, keep_float, tuning, say
         self.manifest, self.base, self.scores = manifest, None, None

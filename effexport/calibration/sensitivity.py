@@ -1,8 +1,13 @@
 """Accuracy-aware INT8: which layers to keep in float, measured rather than guessed.
 
 Each INT8 form is first built with the recipe's keep-float layers (the stem at least) and judged on a tuning set:
-the calibration inputs themselves, against FP32, under the INT8 tolerance. Only a form that fails there is tuned.
-The held-out photographs that the INT8 gate judges on are never seen here, so the gate stays an independent check.
+the calibration inputs themselves, against FP32, under the INT8 tolerance: min cosine on every input, top-1
+agreement on the inputs where FP32 is confident (top-1 probability >= CONFIDENT). Calibration photographs are not
+chosen to be recognisable (the built-in ones include a retina and a deep field), and top-1 on the rest measures
+near-ties: with it, tuning kept 8 more layers of Lite0's ONNX Runtime form in float (1.2x FP32 speed instead of
+1.9x) for a form that already met the gate on the held-out photographs. Only a form that fails the tuning set is
+tuned. The held-out photographs that the INT8 gate judges on (all views, top-1 included) are never seen here, so
+the gate stays an independent check.
 
 Sensitivity of a layer = how much closer to FP32 the fully quantized model gets when that one layer runs in float
 (the loss is the mean of 1 - cosine of the logits over the ranking inputs). It is measured once, on the portable QDQ
@@ -31,10 +36,12 @@ import onnx
 
 from effexport.calibration.qdq import WEIGHTED_OPS, FloatLayer
 from effexport.exporter.backends import run_in_batches
-from effexport.exporter.parity import ParityReport, Tolerance, compare
+from effexport.exporter.parity import Tolerance, compare
 
 log = logging.getLogger(__name__)
 
+CONFIDENT = 0.3  # FP32 top-1 probability from which a tuning input counts for top-1 agreement
+MIN_CONFIDENT = 10  # with fewer confident inputs, top-1 is judged on all of them
 RANKING_INPUTS = 32  # inputs each one-layer-in-float variant runs on (evenly spaced over the tuning set)
 TUNING_INPUTS = 128  # at most this many calibration inputs judge a form (evenly spaced)
 MAX_FLOAT_SHARE = 0.25  # of the quantized layers, at most this many are added; beyond, INT8 keeps little speed
@@ -48,13 +55,43 @@ class LayerScore:
     gain: float  # loss of the full INT8 model minus loss with this layer in float (higher: more sensitive)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    top1_agreement: float  # on the confident inputs (all, when fewer than MIN_CONFIDENT are)
+    min_cosine: float
+    mean_cosine: float
+    passed: bool
+
+
+@dataclass
+class TuningSet:
+    """The calibration inputs a form is judged on before the gate, with FP32's outputs on them."""
+
+    inputs: np.ndarray
+    reference: np.ndarray
+    target: Tolerance
+
+    def __post_init__(self):
+        logits = self.reference.reshape(len(self.reference), -1).astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        confident = (probs / probs.sum(1, keepdims=True)).max(1) >= CONFIDENT
+        self.confident = confident if confident.sum() >= MIN_CONFIDENT else np.ones(len(logits), bool)
+
+    def judge(self, outputs: np.ndarray) -> Verdict:
+        cosine = compare(self.reference, outputs, Tolerance(min_cosine=self.target.min_cosine))
+        agree = self.reference.reshape(len(outputs), -1).argmax(1) == outputs.reshape(len(outputs), -1).argmax(1)
+        top1 = float(agree[self.confident].mean())
+        return Verdict(top1, cosine.min_cosine, cosine.mean_cosine,
+                       cosine.passed and top1 >= (self.target.min_top1 or 0.0))
+
+
 @dataclass
 class FormTuning:
     """What tuning did to one form: the steps tried and the layers it added to the recipe's keep-float."""
 
     form: str
     target: dict
-    steps: list[dict] = field(default_factory=list)  # {"extra": n, "top1": .., "min_cosine": .., "passed": ..}
+    steps: list[dict] = field(default_factory=list)  # one _step() per build judged
     added: list[str] = field(default_factory=list)
     passed: bool = False
 
@@ -151,14 +188,15 @@ def _steps(limit: int) -> list[int]:
 
 
 def tune_form(form: str, build: Callable[[list[FloatLayer]], Path], run: Callable[[Path], np.ndarray],
-              reference: np.ndarray, base: list[FloatLayer], ranking: Callable[[], list[LayerScore]],
-              target: Tolerance, weighted_layers: int, first: ParityReport) -> FormTuning:
-    """Add the most sensitive layers to `base` until the form rebuilt by `build` meets `target` on the tuning set.
+              tuning_set: TuningSet, base: list[FloatLayer], built: Path, ranking: Callable[[], list[LayerScore]],
+              weighted_layers: int) -> FormTuning:
+    """Add the most sensitive layers to `base` until the form rebuilt by `build` passes on the tuning set.
 
-    `first` is the form's report as built with `base`; `ranking` is called only when tuning is needed (it is the
-    expensive part and shared between forms). Leaves the form built with the smallest passing set found, or with
-    the set that came closest when none passes (the gate on held-out photographs then decides)."""
-    tuning = FormTuning(form, {k: v for k, v in asdict(target).items() if v is not None})
+    `built` is the form as built with `base`; `ranking` is called only when tuning is needed (it is the expensive
+    part and shared between forms). Leaves the form built with the smallest passing set found, or with the set that
+    came closest when none passes (the gate on held-out photographs then decides)."""
+    tuning = FormTuning(form, {k: v for k, v in asdict(tuning_set.target).items() if v is not None})
+    first = tuning_set.judge(run(built))
     tuning.steps.append(_step(0, first))
     if first.passed:
         tuning.passed = True
@@ -167,11 +205,11 @@ def tune_form(form: str, build: Callable[[list[FloatLayer]], Path], run: Callabl
     limit = min(len(ranked), max(1, int(MAX_FLOAT_SHARE * (weighted_layers - len(base)))))
     best, best_key = 0, _rank(first)
     for extra in _steps(max(0, limit)):
-        report = compare(reference, run(build(base + _added(ranked, extra))), target)
-        tuning.steps.append(_step(extra, report))
-        if _rank(report) > best_key:
-            best, best_key = extra, _rank(report)
-        if report.passed:
+        verdict = tuning_set.judge(run(build(base + _added(ranked, extra))))
+        tuning.steps.append(_step(extra, verdict))
+        if _rank(verdict) > best_key:
+            best, best_key = extra, _rank(verdict)
+        if verdict.passed:
             break
     # Measured on EfficientNet-Lite0 (ort_cpu form): one more float layer can make a form worse (ONNX Runtime
     # re-places the quantizers around it), so the best step tried is kept, not the last.
@@ -180,7 +218,7 @@ def tune_form(form: str, build: Callable[[list[FloatLayer]], Path], run: Callabl
     tuning.added = [f.node for f in _added(ranked, best)]
     tuning.passed = best_key[0]
     log.info("%s: %d layers added to keep-float (%s)", form, len(tuning.added),
-             "meets the tolerance on the tuning set" if tuning.passed else "still outside the tolerance")
+             "passes on the tuning set" if tuning.passed else "still outside the tolerance on the tuning set")
     return tuning
 
 
@@ -188,12 +226,12 @@ def _added(ranked: list[LayerScore], extra: int) -> list[FloatLayer]:
     return [FloatLayer(s.node, s.op_type, TUNED_REASON, "") for s in ranked[:extra]]
 
 
-def _rank(report: ParityReport) -> tuple[bool, float, float]:
+def _rank(report: Verdict) -> tuple[bool, float, float]:
     return report.passed, report.top1_agreement, report.min_cosine
 
 
-def _step(extra: int, report: ParityReport) -> dict:
-    return {"extra_float_layers": extra, "top1_agreement": round(report.top1_agreement, 4),
+def _step(extra: int, report: Verdict) -> dict:
+    return {"extra_float_layers": extra, "top1_agreement_confident": round(report.top1_agreement, 4),
             "min_cosine": round(report.min_cosine, 5), "mean_cosine": round(report.mean_cosine, 5),
             "passed": report.passed}
 

@@ -12,7 +12,7 @@ import pytest
 from effexport.calibration import build, qdq, sensitivity
 from effexport.calibration.options import Int8Options
 from effexport.calibration.qdq import FloatLayer
-from effexport.exporter.parity import Tolerance, compare, tolerance_for
+from effexport.exporter.parity import Tolerance, tolerance_for
 from effexport.recipes import FIRST_CONV, KeepFloat, get_recipe
 from tests.calibration.conftest import RECIPE
 from tests.calibration.test_build import PP
@@ -116,9 +116,9 @@ class StandIn:
         return RANKED
 
     def tune(self, base=STEM, weighted=40):
-        first = compare(REFERENCE, self.run(self.build(list(base))), TARGET)
-        return sensitivity.tune_form("f", self.build, self.run, REFERENCE, list(base), self.ranking, TARGET,
-                                     weighted, first)
+        tuning_set = sensitivity.TuningSet(REFERENCE, REFERENCE, TARGET)
+        return sensitivity.tune_form("f", self.build, self.run, tuning_set, list(base), self.build(list(base)),
+                                     self.ranking, weighted)
 
 
 def test_a_form_that_passes_is_not_tuned():
@@ -137,7 +137,7 @@ def test_layers_are_added_most_sensitive_first_until_the_form_passes():
 
 
 def test_without_a_passing_step_the_closest_one_is_rebuilt():
-    flips = {0: 6, 1: 5, 2: 2, 4: 3, 8: 4, 9: 4}  # best at 2 extra layers, never within 1 flip
+    flips = {0: 6, 1: 5, 2: 2, 4: 3, 8: 4, 9: 4}  # best at 2 extra layers, never without a flip
     stand_in = StandIn(lambda extra: flips[extra])
     tuning = stand_in.tune(weighted=37)  # 36 quantized layers: at most 25%, 9, are added
     assert not tuning.passed
@@ -145,7 +145,21 @@ def test_without_a_passing_step_the_closest_one_is_rebuilt():
     assert tuning.added == ["layer0", "layer1"] and stand_in.built[-1] == ["stem", "layer0", "layer1"]
 
 
-# ---------------------------------------------------------------------------------------------- in the INT8 build
+def test_top1_on_the_tuning_set_counts_only_where_fp32_is_confident():
+    reference = np.zeros((20, 4))
+    reference[:, 0] = 5.0  # confident: class 0
+    reference[10:] = [1.0, 0.9, 0.8, 0.7]  # near-ties: FP32 is not confident on half of the inputs
+    target = Tolerance(min_cosine=0.9, min_top1=0.95)
+    candidate = reference.copy()
+    candidate[10:] = [0.9, 1.0, 0.8, 0.7]  # every near-tie flips; cosine stays above 0.99
+    verdict = sensitivity.TuningSet(reference, reference, target).judge(candidate)
+    assert verdict.top1_agreement == 1.0 and verdict.min_cosine > 0.99 and verdict.passed
+    candidate[0] = [0.0, 5.0, 0.0, 0.0]  # a confident input flips too
+    verdict = sensitivity.TuningSet(reference, reference, target).judge(candidate)
+    assert verdict.top1_agreement == 0.9 and not verdict.passed
+    # with fewer than MIN_CONFIDENT confident inputs, every input counts
+    few = sensitivity.TuningSet(reference[5:], reference[5:], target)
+    assert few.confident.all() and few.judge(candidate[5:]).top1_agreement == 5 / 15
 
 
 def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, monkeypatch):
@@ -154,7 +168,7 @@ def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, m
     fp32 = tmp_path / RECIPE / exported.parent.name / "model.onnx"
     fp32.parent.mkdir(parents=True)
     shutil.copy(exported, fp32)
-    monkeypatch.setattr(build, "_tuning_set", lambda path, inputs, tolerance: build.TuningSet(
+    monkeypatch.setattr(build, "_tuning_set", lambda path, inputs, tolerance: sensitivity.TuningSet(
         inputs[:6], build.run_model(path, inputs[:6]), Tolerance(min_cosine=1.01)))
     options = Int8Options(openvino=False)
     result = build.ensure_int8(get_recipe(RECIPE), fp32, PP, options, fp32.parent.parent / options.tag,
