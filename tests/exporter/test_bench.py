@@ -1,11 +1,22 @@
 """The timing harness on known sequences of durations and a fake clock: statistics, warm-up until stable, caps,
-speed-up. No wall-clock assertions."""
+speed-up, the load-average watch on known load sequences. No wall-clock assertions."""
+
+import os
 
 import numpy as np
 import pytest
 
 from effexport.errors import UsageError
-from effexport.exporter.bench import BenchConfig, is_stable, measure, speedup, summarize, warm_up
+from effexport.exporter.bench import (
+    BenchConfig,
+    LoadWatch,
+    available_cpus,
+    is_stable,
+    measure,
+    speedup,
+    summarize,
+    warm_up,
+)
 from effexport.exporter.bench_recipe import BenchEntry, _add_speedups, make_batch, parse_batches
 
 
@@ -113,3 +124,28 @@ def test_batch_parsing_and_batches_of_real_inputs():
 def test_bench_config_is_validated():
     with pytest.raises(UsageError, match="--iters"):
         BenchConfig(iters=0)
+
+
+def _loads(*values):
+    """A getloadavg that returns the given 1-minute load averages in turn."""
+    it = iter(values)
+    return lambda: (next(it), 0.0, 0.0)
+
+
+def test_load_watch_warns_when_the_load_exceeded_the_cpus():
+    watch = LoadWatch.start(cpus=2, getloadavg=_loads(1.2, 1.9, 3.46, 2.5))
+    for when in ("timing start", "openvino fp32 batch 8", "end"):
+        watch.sample(when)
+    assert watch.samples == [("start", 1.2), ("timing start", 1.9), ("openvino fp32 batch 8", 3.46), ("end", 2.5)]
+    assert watch.peak == ("openvino fp32 batch 8", 3.46)
+    assert watch.warning.startswith("load average 3.46 (1 min, at openvino fp32 batch 8) exceeded the 2 CPUs")
+    record = watch.to_dict()
+    assert record["max_1min"] == 3.46 and record["cpus"] == 2 and record["warning"] == watch.warning
+    assert [s["load_1min"] for s in record["samples"]] == [1.2, 1.9, 3.46, 2.5]
+
+
+def test_load_watch_is_quiet_at_or_below_the_cpus():
+    watch = LoadWatch.start(cpus=2, getloadavg=_loads(0.5, 2.0))
+    watch.sample("end")
+    assert watch.warning is None and watch.to_dict()["warning"] is None
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
