@@ -688,7 +688,7 @@ def _bench_notes(result) -> list[str]:
             continue
         seen.add((e.backend, e.int8.float_layers))
         floats = sorted(e.int8.float_layers, key=lambda layer: -layer.macs)
-        named = ", ".join(f"{layer.name} ({layer.macs / e.int8.total_macs:.1%})" for layer in floats[:4])
+        named = ", ".join(f"{layer.name} ({_small(100 * layer.macs / e.int8.total_macs)}%)" for layer in floats[:4])
         more = f" and {len(floats) - 4} more" if len(floats) > 4 else ""
         lines.append(f"{e.backend} int8 keeps {len(floats)} of {e.int8.layers} weighted layers in float: {named}{more}")
     return lines
