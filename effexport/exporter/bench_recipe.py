@@ -250,12 +250,11 @@ def add_rates(entries: list[BenchEntry], macs: int | None, peaks: dict[str, Peak
 
 def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: tuple[str, ...] = ("fp32",),
                  threads: int | None = None, config: BenchConfig | None = None, options: dict[str, Any] | None = None,
-                 chart: bool = True, progress: Progress | None = None, on_run: OnRun | None = None,
-                 compile_fn: Callable | None = None) -> BenchResult:
+                 chart: bool = True, progress: Progress | None = None, on_run: OnRun | None = None) -> BenchResult:
     """Time PyTorch eager (and torch.compile when asked) and each backend at each batch size; write bench.json and
     bench.png. Every artifact is verified (built or reused) first, INT8 ones from the job's one calibration. A
     backend whose artifacts have a batch profile (TensorRT) runs, at batch N, an engine whose profile covers N: the
-    user's when one does, else one built for N. `compile_fn` replaces torch.compile (tests)."""
+    user's when one does, else one built for N."""
     check_backends(backends)
     config = config or BenchConfig()
     threads = threads or os.cpu_count() or 1
@@ -275,7 +274,7 @@ def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: 
     started = time.perf_counter()
     peaks = measure_peaks(threads)
     machine["peak_seconds"] = round(time.perf_counter() - started, 2)
-    compiled = CompiledTorch(model, threads, compile_fn) if (COMPILED, "fp32") in plan else None
+    compiled = CompiledTorch(model, threads) if (COMPILED, "fp32") in plan else None
     total = len(plan) * len(batches) * config.iters
     done = 0
     entries: list[BenchEntry] = []
