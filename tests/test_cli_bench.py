@@ -18,12 +18,14 @@ RECIPE = "mobilenetv3_small"
 SMALL = ["--img-size", "64"]
 
 
-def test_torch_compile_without_a_compiler_is_an_unavailable_row(capsys, tmp_path, monkeypatch):
+def test_torch_compile_without_a_compiler_is_an_unavailable_row(capsys, tmp_path):
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
-    code, out, err = run(["bench", RECIPE, *SMALL, "--backends", "torch,torch-compile,onnxruntime", "--batch", "1,2",
-                          "--iters", "3", "--max-warmup", "6", "--no-chart", "--out", str(tmp_path)], capsys)
+    # inductor's own scoped patch: pytest's monkeypatch would delete the config entry on undo
+    with inductor.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        code, out, err = run(["bench", RECIPE, *SMALL, "--backends", "torch,torch-compile,onnxruntime", "--batch",
+                              "1,2", "--iters", "3", "--max-warmup", "6", "--no-chart", "--out", str(tmp_path)], capsys)
+    assert inductor.cpp.cxx != ("/nonexistent/g++",)
     assert code == 0, err
     flat = " ".join(out.split())  # rich wraps long lines
     assert "unavailable" in flat and "GMAC/s" in flat and "% peak" in flat and "vs compile" not in flat
