@@ -556,7 +556,9 @@ def _print_verify(result) -> None:
 @app.command("bench")
 def bench_cmd(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
-    backends: Annotated[str, typer.Option(help="Comma-separated: torch (the baseline, always run), onnxruntime, "
+    backends: Annotated[str, typer.Option(help="Comma-separated: torch (the baseline, always run), torch-compile "
+                                               "(torch.compile with inductor; needs a C++ compiler, compiles for "
+                                               "tens of seconds per batch size, so not by default), onnxruntime, "
                                                "openvino, tensorrt.")] = "torch,onnxruntime,openvino",
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
     precision: Annotated[str, typer.Option(help="Comma-separated precisions for the backends, e.g. fp32,int8.")]
@@ -580,13 +582,14 @@ def bench_cmd(
     query_table: QueryTableOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
-    """Time PyTorch eager and each backend with one harness: p50/p90/p99 latency, throughput, speed-up."""
-    from effexport.exporter.backends import BACKENDS, parse_list
+    """Time PyTorch eager and each backend with one harness: p50/p90/p99 latency, throughput, speed-up, achieved
+    GMAC/s against this machine's peak, and the share of MACs INT8 rows run in INT8."""
+    from effexport.exporter.backends import parse_list
     from effexport.exporter.bench import BenchConfig
-    from effexport.exporter.bench_recipe import BASELINE, bench_recipe, check_backends, parse_batches
+    from effexport.exporter.bench_recipe import bench_recipe, check_backends, known_backends, parse_batches
     from effexport.exporter.parity import POLICY
 
-    chosen = parse_list(backends, [BASELINE, *BACKENDS], "backend")
+    chosen = parse_list(backends, known_backends(), "backend")
     batches = parse_batches(batch)
     precisions = tuple(parse_list(precision, POLICY, "precision"))
     config = BenchConfig(iters=iters, max_warmup=max_warmup, min_warmup=min(5, max_warmup))
@@ -618,23 +621,78 @@ def _print_bench(result) -> None:
     m = result.machine
     from rich import box
 
+    from effexport.exporter.bench_recipe import COMPILED
+
+    entries = result.entries
+    compiled = any(e.backend == COMPILED and e.stats for e in entries)
+    int8 = any(e.precision == "int8" for e in entries)
     table = Table(title=f"{result.recipe}: latency in ms on {m['cpu']}, {m['threads']} threads, load average "
                         f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("backend", "precision", "batch", "p50", "p90", "p99", "img/s", "vs torch"):
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    columns = ["backend", "precision", "batch", "p50", "p90", "p99", "img/s", "vs torch",
+               *(["vs compile"] if compiled else []), "GMAC/s", "% peak", *(["INT8 MACs"] if int8 else [])]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("backend", "precision") else "right",
                          no_wrap=col != "precision", min_width={"backend": 11, "precision": 9}.get(col))
-    for e in result.entries:
-        s = e.stats
+    for e in entries:
         runs = e.execution.get("execution_precision")
-        precision = e.precision if runs in (None, e.precision) else f"{e.precision} ({runs})"
-        table.add_row(e.backend, precision, str(e.batch), f"{s.p50 * 1e3:.1f}", f"{s.p90 * 1e3:.1f}",
-                      f"{s.p99 * 1e3:.1f}", f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-")
+        precision = e.precision if runs in (None, e.precision) else runs if runs.startswith(f"{e.precision} (") \
+            else f"{e.precision} ({runs})"  # "bf16 (emulated)", "fp16 (fp32)"
+        if e.stats is None:
+            table.add_row(e.backend, precision, str(e.batch), "n/a", *["-"] * (len(columns) - 4))  # why: below
+            continue
+        s = e.stats
+        row = [e.backend, precision, str(e.batch), f"{s.p50 * 1e3:.1f}", f"{s.p90 * 1e3:.1f}", f"{s.p99 * 1e3:.1f}",
+               f"{s.throughput:.1f}", f"{e.speedup:.2f}x" if e.speedup else "-"]
+        if compiled:
+            row.append(f"{e.speedup_vs_compiled:.2f}x" if e.speedup_vs_compiled else "-")
+        row += [_small(e.gmacs) if e.gmacs else "-",
+                f"{_small(e.percent_of_peak)}%" if e.percent_of_peak is not None else "-"]
+        if int8:
+            row.append(f"{e.int8.share:.1%}" if e.int8 else "-")
+        table.add_row(*row)
     console.print(table)
+    for line in _bench_notes(result):
+        console.print(line, markup=False, highlight=False)
+    if result.load is not None and result.load.warning:
+        _warn(result.load.warning)
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     console.print(f"{versions}; CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}", markup=False)
     console.print(f"results: {result.json_path}" + (f", chart: {result.chart_path}" if result.chart_path else ""),
                   markup=False)
+
+
+def _small(value: float) -> str:
+    """One decimal, or two significant digits below 1 (eager PyTorch on a tiny model reaches 0.03% of peak)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def _bench_notes(result) -> list[str]:
+    """The lines under the bench table: the peaks the rows are held against, compile times, unavailable rows and
+    the layers INT8 rows leave in float."""
+    lines = []
+    if result.peaks:
+        measured = [f"{p} {peak.gmacs:.0f} GMAC/s ({peak.runtime})" for p, peak in result.peaks.items() if peak.gmacs]
+        blank = [f"{p} none, {peak.note}" for p, peak in result.peaks.items() if not peak.gmacs]
+        macs = f"; the model does {result.macs / 1e6:,.1f} M MACs per image" if result.macs else ""
+        lines.append(f"% peak: GMAC/s (model MACs x batch / p50) against this machine's peak GEMM rate in the "
+                     f"precision the row executed, {result.machine['threads']} threads: "
+                     f"{'; '.join(measured + blank)}{macs}")
+    compiles = [f"batch {e.batch} {e.compile_s:.1f} s" for e in result.entries if e.compile_s is not None]
+    if compiles:
+        lines.append(f"torch-compile: compile time (not in latency) {', '.join(compiles)}")
+    lines += [f"{e.backend} {e.precision} batch {e.batch} unavailable: {e.unavailable}"
+              for e in result.entries if e.stats is None]
+    seen = set()
+    for e in result.entries:
+        if e.int8 is None or e.int8.float_layers == () or (e.backend, e.int8.float_layers) in seen:
+            continue
+        seen.add((e.backend, e.int8.float_layers))
+        floats = sorted(e.int8.float_layers, key=lambda layer: -layer.macs)
+        named = ", ".join(f"{layer.name} ({_small(100 * layer.macs / e.int8.total_macs)}%)" for layer in floats[:4])
+        more = f" and {len(floats) - 4} more" if len(floats) > 4 else ""
+        lines.append(f"{e.backend} int8 keeps {len(floats)} of {e.int8.layers} weighted layers in float: {named}{more}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- end of backends

@@ -8,10 +8,16 @@ first-runs effects this is for (lazy allocation, kernel selection, caches, CPU f
 
 The statistics take a sequence of durations, and the harness takes its clock as an argument, so both are
 tested on known sequences rather than on the wall clock.
+
+Other work on the machine inflates every latency. `LoadWatch` samples the 1-minute load average before, during
+(after each timed row) and after the timing; when it exceeds the CPUs available to the process, runnable threads
+outnumbered the cores at some point and the numbers carry a warning. The load average is a one-minute moving
+average, so it also counts the bench's own busy threads (up to `threads`) and lags by up to a minute.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,3 +127,49 @@ def measure(step: Callable[[], object], batch: int, config: BenchConfig, clock: 
 def speedup(baseline: LatencyStats, other: LatencyStats) -> float:
     """How many times faster than the baseline, by median latency at the same batch size."""
     return baseline.p50 / other.p50 if other.p50 > 0 else float("inf")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass
+class LoadWatch:
+    """1-minute load averages sampled around the timing, and whether they exceeded the available CPUs."""
+
+    cpus: int
+    samples: list[tuple[str, float]]
+    getloadavg: Callable[[], tuple[float, float, float]] = os.getloadavg
+
+    @classmethod
+    def start(cls, cpus: int | None = None,
+              getloadavg: Callable[[], tuple[float, float, float]] = os.getloadavg) -> LoadWatch:
+        watch = cls(cpus or available_cpus(), [], getloadavg)
+        watch.sample("start")
+        return watch
+
+    def sample(self, when: str) -> float:
+        load = round(float(self.getloadavg()[0]), 2)
+        self.samples.append((when, load))
+        return load
+
+    @property
+    def peak(self) -> tuple[str, float]:
+        return max(self.samples, key=lambda s: s[1])
+
+    @property
+    def warning(self) -> str | None:
+        when, load = self.peak
+        if load <= self.cpus:
+            return None
+        return (f"load average {load:g} (1 min, at {when}) exceeded the {self.cpus} CPUs available: other work "
+                f"competed for the cores and latencies may be inflated")
+
+    def to_dict(self) -> dict:
+        return {"cpus": self.cpus, "samples": [{"at": when, "load_1min": load} for when, load in self.samples],
+                "max_1min": self.peak[1], "warning": self.warning,
+                "rule": "warn when a sampled 1-minute load average exceeds the CPUs available to the process"}

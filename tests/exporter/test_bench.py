@@ -1,12 +1,34 @@
 """The timing harness on known sequences of durations and a fake clock: statistics, warm-up until stable, caps,
-speed-up. No wall-clock assertions."""
+speed-up, the load-average watch on known load sequences. No wall-clock assertions."""
+
+import os
 
 import numpy as np
 import pytest
 
 from effexport.errors import UsageError
-from effexport.exporter.bench import BenchConfig, is_stable, measure, speedup, summarize, warm_up
-from effexport.exporter.bench_recipe import BenchEntry, _add_speedups, make_batch, parse_batches
+from effexport.exporter.bench import (
+    BenchConfig,
+    LoadWatch,
+    Warmup,
+    available_cpus,
+    is_stable,
+    measure,
+    speedup,
+    summarize,
+    warm_up,
+)
+from effexport.exporter.bench_recipe import (
+    BenchEntry,
+    _add_speedups,
+    _plan,
+    add_rates,
+    known_backends,
+    make_batch,
+    parse_batches,
+    peak_precision,
+)
+from effexport.exporter.macs import Int8Share, Layer, Peak
 
 
 class FakeClock:
@@ -87,11 +109,13 @@ def test_measure_times_exactly_iters_runs_after_warm_up():
     assert stats.p50 == pytest.approx(0.0105)
 
 
-def test_speedups_are_against_torch_at_the_same_batch():
-    def entry(backend, batch, p50):
-        stats = summarize([p50] * 3, batch)
-        return BenchEntry(backend, "fp32", batch, stats, None)
+def entry(backend, batch, p50, precision="fp32", execution=None):
+    stats = None if p50 is None else summarize([p50] * 3, batch)
+    warmup = None if p50 is None else Warmup(10, True, p50)
+    return BenchEntry(backend, precision, batch, stats, warmup, dict(execution or {}))
 
+
+def test_speedups_are_against_torch_at_the_same_batch():
     entries = [entry("torch", 1, 0.030), entry("torch", 8, 0.200), entry("openvino", 1, 0.010),
                entry("openvino", 8, 0.050)]
     _add_speedups(entries)
@@ -113,3 +137,74 @@ def test_batch_parsing_and_batches_of_real_inputs():
 def test_bench_config_is_validated():
     with pytest.raises(UsageError, match="--iters"):
         BenchConfig(iters=0)
+
+
+def _loads(*values):
+    """A getloadavg that returns the given 1-minute load averages in turn."""
+    it = iter(values)
+    return lambda: (next(it), 0.0, 0.0)
+
+
+def test_load_watch_warns_when_the_load_exceeded_the_cpus():
+    watch = LoadWatch.start(cpus=2, getloadavg=_loads(1.2, 1.9, 3.46, 2.5))
+    for when in ("timing start", "openvino fp32 batch 8", "end"):
+        watch.sample(when)
+    assert watch.samples == [("start", 1.2), ("timing start", 1.9), ("openvino fp32 batch 8", 3.46), ("end", 2.5)]
+    assert watch.peak == ("openvino fp32 batch 8", 3.46)
+    assert watch.warning.startswith("load average 3.46 (1 min, at openvino fp32 batch 8) exceeded the 2 CPUs")
+    record = watch.to_dict()
+    assert record["max_1min"] == 3.46 and record["cpus"] == 2 and record["warning"] == watch.warning
+    assert [s["load_1min"] for s in record["samples"]] == [1.2, 1.9, 3.46, 2.5]
+
+
+def test_load_watch_is_quiet_at_or_below_the_cpus():
+    watch = LoadWatch.start(cpus=2, getloadavg=_loads(0.5, 2.0))
+    watch.sample("end")
+    assert watch.warning is None and watch.to_dict()["warning"] is None
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_torch_compile_is_a_second_baseline_and_an_unavailable_row_gets_no_ratio():
+    entries = [entry("torch", 1, 0.030), entry("torch-compile", 1, 0.015), entry("openvino", 1, 0.010),
+               entry("torch", 8, 0.200), entry("torch-compile", 8, None), entry("openvino", 8, 0.050)]
+    entries[4].unavailable = "torch.compile (inductor) failed: no C++ compiler"
+    _add_speedups(entries)
+    assert [e.speedup for e in entries] == pytest.approx([1.0, 2.0, 3.0, 1.0, None, 4.0])
+    assert [e.speedup_vs_compiled for e in entries] == pytest.approx([0.5, 1.0, 1.5, None, None, None])
+    row = entries[4].to_dict()
+    assert row == {"backend": "torch-compile", "precision": "fp32", "batch": 8,
+                   "unavailable": "torch.compile (inductor) failed: no C++ compiler", "execution": {}}
+    assert entries[2].to_dict()["speedup_vs_torch_compile"] == 1.5
+
+
+def test_torch_compile_is_planned_once_in_fp32_right_after_eager():
+    assert "torch-compile" in known_backends() and known_backends()[0] == "torch"
+    assert _plan(["onnxruntime", "torch-compile"], ["fp32", "int8"]) == [
+        ("torch", "fp32"), ("torch-compile", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert _plan(["onnxruntime"], ["fp32"]) == [("torch", "fp32"), ("onnxruntime", "fp32")]
+
+
+def test_achieved_rate_against_the_peak_of_the_precision_each_row_executed():
+    peaks = {"fp32": Peak("fp32", 200.0, "onnxruntime MatMul"), "bf16": Peak("bf16", 400.0, "openvino"),
+             "fp16": Peak("fp16", None, None, "the CPU does not compute fp16"), "int8": Peak("int8", 800.0, "ort")}
+    entries = [entry("torch", 2, 0.010),  # 0.5 GMAC x 2 / 10 ms = 100 GMAC/s
+               entry("openvino", 2, 0.005, "bf16", {"execution_precision": "bf16"}),
+               entry("openvino", 2, 0.005, "bf16", {"execution_precision": "fp32"}),  # the hint ran f32
+               entry("openvino", 2, 0.005, "bf16", {"execution_precision": "bf16 (emulated)"}),
+               entry("onnxruntime", 2, 0.010, "fp16", {"execution_precision": "fp16"}),
+               entry("openvino", 2, 0.002, "int8", {"execution_precision": "int8"}),
+               entry("torch-compile", 2, None)]
+    add_rates(entries, 500_000_000, peaks)
+    assert [e.gmacs for e in entries] == pytest.approx([100, 200, 200, 200, 100, 500, None])
+    assert [peak_precision(e) for e in entries[:6]] == ["fp32", "bf16", "fp32", None, "fp16", "int8"]
+    assert [e.percent_of_peak for e in entries] == pytest.approx([50, 50, 100, None, None, 62.5, None])
+    row = entries[5].to_dict()
+    assert row["gmacs"] == 500 and row["percent_of_peak"] == 62.5 and row["peak_precision"] == "int8"
+
+
+def test_int8_share_in_the_row():
+    e = entry("onnxruntime", 1, 0.004, "int8", {"execution_precision": "int8"})
+    e.int8 = Int8Share("onnxruntime", 986, 1000, (Layer("/stem/Conv", "Conv", 14, "float"),), 53, "how")
+    record = e.to_dict()["int8_macs"]
+    assert record["share"] == 0.986 and record["float_layers"] == [
+        {"name": "/stem/Conv", "op": "Conv", "macs": 14, "precision": "float"}]
