@@ -176,12 +176,11 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
     batch size, every artifact verified first; writes bench.json (and bench.png with `chart`). `on_run(label, done,
     total)` follows the timed runs."""
     from effexport.errors import UsageError
-    from effexport.exporter.backends import BACKENDS
     from effexport.exporter.bench import BenchConfig
-    from effexport.exporter.bench_recipe import BASELINE, bench_recipe, check_backends
+    from effexport.exporter.bench_recipe import bench_recipe, check_backends, known_backends
     from effexport.exporter.parity import POLICY
 
-    chosen = _names(backends, [BASELINE, *BACKENDS], "backend")
+    chosen = _names(backends, known_backends(), "backend")
     wanted = tuple(_names(precisions, POLICY, "precision"))
     sizes = list(dict.fromkeys(batches))
     if not sizes or any(not isinstance(n, int) or n < 1 for n in sizes):

@@ -385,7 +385,7 @@ def _benchmarks(plan: BuildPlan, results: list[TargetResult], progress: Progress
             "results": [{"backend": e.backend, "precision": e.precision, "batch": e.batch,
                          "p50_ms": round(e.stats.p50 * 1e3, 3), "throughput_ips": round(e.stats.throughput, 1),
                          "speedup_vs_torch": None if e.speedup is None else round(e.speedup, 2)}
-                        for e in bench.entries]}
+                        for e in bench.entries if e.stats is not None]}
     return records
 
 
