@@ -1,28 +1,31 @@
-"""INT8 vs FP32, side by side in one run: ONNX Runtime (CPU) and OpenVINO (CPU).
+"""INT8 against FP32, side by side in one run, on each CPU backend: ONNX Runtime and OpenVINO.
 
-For each model: FP32; the library defaults (ONNX Runtime's quantize_static with its default options, NNCF's
-default quantize); and effexport's forms from one calibration (the ONNX Runtime CPU form, the portable QDQ
-form run in both runtimes, the NNCF model with the recipe's keep-float layers, and the ONNX Runtime CPU form run
-in OpenVINO). All INT8 models are calibrated on the same inputs (default: views of the 9 built-in photographs,
-as `effexport calibrate` uses them) and judged on the held-out photographs that ship with effexport and calibration
-never saw (effexport.calibration.heldout: 3 views of each of 42 photographs). The trained EfficientNet-Lite0 comes
-from the `eval` extra.
+For each model, per backend: FP32; the INT8 form effexport serves on that backend (ONNX Runtime: the CPU form,
+OpenVINO: the NNCF model), built as `effexport calibrate` builds it (accuracy-aware keep-float for trained weights);
+and the library defaults on the same calibration inputs (ONNX Runtime's quantize_static with its default options,
+NNCF's default quantize). `--all-forms` adds the portable (TensorRT) form and the ONNX Runtime form run in OpenVINO.
+All INT8 models are calibrated on the same inputs (default: the views of the built-in calibration photographs) and
+judged on the held-out photographs shipped with effexport (effexport.calibration.heldout), which calibration never
+saw.
 
-Every model runs through the backends' own runners (effexport.exporter.backends: the ones verify and bench use)
-and is timed by the one harness (effexport.exporter.bench.measure): warm-up until the median settles, then timed
-runs, one runner at a time and closed before the next opens, as `effexport bench` does. This is repeated in
-`--rounds` rounds over all variants, and each number is the median of the rounds' medians, so that a slow spell
-of the (virtual, shared) machine does not land on one variant only. (Keeping every session open and alternating
-single runs between them was tried and dropped: ONNX Runtime's idle sessions keep their threads spinning, and FP32
-Lite0 took 17.5 ms per image between three other open sessions against 6.7 ms alone.)
+Every model runs through the backends' own runners (the ones verify and bench use; OpenVINO compiled for the static
+batch it is timed at) and is timed by the one harness (effexport.exporter.bench.measure): warm-up until the median
+settles, then timed runs, one runner at a time and closed before the next opens, as `effexport bench` does. This is
+repeated in `--rounds` rounds over all variants, and each latency is the median of the rounds' medians, so that a
+slow spell of the (virtual, shared) machine does not land on one variant only. (Keeping every session open and
+alternating single runs between them was tried and dropped: ONNX Runtime's idle sessions keep their threads
+spinning.)
 
-Columns: batch-1 latency (median ms) and its ratio to FP32 on the same backend, batch-8 throughput (images/s at
-the batch-8 median), file size, and agreement with the FP32 model on the held-out views: top-1 (all views, and
-the views where FP32 is confident: top-1 probability >= 0.3), mean and min cosine of the logits. Compare ratios,
-not absolute numbers, on a shared machine.
+Columns: p50 latency at batch 1 and batch 8 (ms per batch) and the speed-up over FP32 on the same backend at each
+(FP32 p50 / INT8 p50: above 1 is faster); the share of convolution and matmul MACs the runtime executes in INT8
+(effexport.exporter.macs: read from ONNX Runtime's optimized graph and OpenVINO's runtime graph) and the weighted
+layers it runs in float; agreement with FP32 on the held-out views: top-1 on all views and on the views where FP32 is
+confident (top-1 probability >= 0.3), mean and min cosine of the logits, and whether that passes the default INT8
+policy (effexport's gate: min cosine >= 0.99, top-1 >= 95% on all views). The CPU and the load average before and
+after are printed with the table: compare ratios, not absolute numbers, on a shared machine.
 
     python bench/int8.py                       # efficientnet_lite0 (trained), rexnet_1.0, mobilenetv3_large
-    python bench/int8.py --models efficientnet_lite0 --method percentile --json results.json
+    python bench/int8.py --models efficientnet_lite0 --all-forms --json results.json
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ import numpy as np
 from effexport.calibration.data import load_calibration
 from effexport.calibration.heldout import heldout_inputs
 from effexport.calibration.options import Int8Options
-from effexport.calibration.qdq import ArrayReader
+from effexport.calibration.qdq import ArrayReader, cpu_int8_choice
+from effexport.exporter import macs
 from effexport.exporter.backends import get_backend
 from effexport.exporter.bench import BenchConfig, LatencyStats, measure
+from effexport.exporter.cpu_env import cpu_model
 from effexport.exporter.deploy import open_context
 from effexport.exporter.parity import compare, tolerance_for
 from effexport.job import resolve_job
@@ -68,6 +73,7 @@ class Variant:
     label: str
     path: Path
     precision: str  # what the runner is told it runs (the OpenVINO hint: f32 for fp32 and int8)
+    form: str | None = None  # the effexport INT8 form (calibration manifest key), None for the others
 
 
 def ort_default_int8(fp32: Path, calib: np.ndarray, out: Path) -> Path:
@@ -120,33 +126,41 @@ def time_variant(v: Variant, inputs: np.ndarray, config: dict[int, BenchConfig])
     return stats
 
 
-def bench_model(name: str, out: Path, calib_source: Path | None, method: str, iters: int,
-                rounds: int) -> list[dict]:
+def int8_macs(v: Variant) -> tuple[float | None, list[str]]:
+    """The share of MACs the runtime runs in INT8 and the weighted layers it runs in float (FP32: none)."""
+    if v.precision != "int8":
+        return None, []
+    share = macs.int8_share(v.backend, v.path)
+    return share.share, [f.name for f in share.float_layers]
+
+
+def bench_model(name: str, out: Path, calib_source: Path | None, method: str, iters: int, rounds: int,
+                all_forms: bool) -> list[dict]:
     job = resolve_job(name, weights=trained_weights(name),
                       calibration=Int8Options(source=calib_source, method=method, openvino=True), out=out)
-    pp = job.preprocess
     ctx = open_context(job)  # the verified dynamic-batch FP32 export every INT8 form comes from
     fp32 = Path(ctx.onnx.path)
     trained = not ctx.random_weights
-    # enforce nothing: the point here is to measure every form, also those outside the INT8 tolerance
+    # enforce nothing: the point here is to measure every form, also one outside the INT8 tolerance
     int8 = ctx.int8_build(enforce=())
-    calib = load_calibration(calib_source, pp).inputs  # the inputs the effexport forms were calibrated on
+    calib = load_calibration(calib_source, job.preprocess).inputs  # what the effexport forms were calibrated on
     dest = ctx.folder / "bench-int8"  # the library defaults' models, outside the verified artifact folders
     dest.mkdir(parents=True, exist_ok=True)
     variants = [
         Variant("onnxruntime", "FP32", fp32, "fp32"),
+        Variant("onnxruntime", "INT8 effexport (ort_cpu)", int8.files["ort_cpu"], "int8", "ort_cpu"),
         Variant("onnxruntime", "INT8 quantize_static defaults", ort_default_int8(
             fp32, calib, dest / "bench_ort_default_int8.onnx"), "int8"),
-        Variant("onnxruntime", "INT8 effexport ort_cpu", int8.files["ort_cpu"], "int8"),
-        Variant("onnxruntime", "INT8 effexport qdq (portable)", int8.files["qdq"], "int8"),
-        Variant("openvino", "FP32 (f32 hint)", fp32, "fp32"),
+        Variant("openvino", "FP32", fp32, "fp32"),
+        Variant("openvino", "INT8 effexport (NNCF)", int8.files["openvino"], "int8", "openvino"),
         Variant("openvino", "INT8 NNCF defaults", nncf_default_int8(
             fp32, calib, dest / "bench_nncf_default_int8.xml"), "int8"),
-        Variant("openvino", "INT8 effexport NNCF", int8.files["openvino"], "int8"),
-        Variant("openvino", "INT8 effexport ort_cpu", int8.files["ort_cpu"], "int8"),
-        Variant("openvino", "INT8 effexport qdq (portable)", int8.files["qdq"], "int8"),
     ]
-    held = heldout_inputs(pp)
+    if all_forms:
+        variants[3:3] = [Variant("onnxruntime", "INT8 effexport (qdq, TensorRT's)", int8.files["qdq"], "int8", "qdq")]
+        variants += [Variant("openvino", "INT8 effexport (ort_cpu)", int8.files["ort_cpu"], "int8", "ort_cpu"),
+                     Variant("openvino", "INT8 effexport (qdq, TensorRT's)", int8.files["qdq"], "int8", "qdq")]
+    held = heldout_inputs(job.preprocess)
     x = held.inputs
     outputs = {id(v): outputs_of(v, x) for v in variants}
     timing = {1: BenchConfig(iters=iters), 8: BenchConfig(iters=max(5, iters // 3))}
@@ -158,21 +172,24 @@ def bench_model(name: str, out: Path, calib_source: Path | None, method: str, it
     reference = outputs[id(variants[0])]
     probs = np.exp(reference - reference.max(1, keepdims=True))
     confident = (probs / probs.sum(1, keepdims=True)).max(1) >= CONFIDENT
-    fp32_lat = {v.backend: p50[id(v)][1] for v in variants if v.label.startswith("FP32")}
+    fp32_p50 = {v.backend: p50[id(v)] for v in variants if v.precision == "fp32"}
     rows = []
     for v in variants:
         y = outputs[id(v)]
         parity = compare(reference, y, tolerance_for("int8"))
-        lat = p50[id(v)][1]
+        share, float_layers = int8_macs(v)
         rows.append({
             "model": name, "weights": "trained" if trained else "random", "backend": v.backend, "variant": v.label,
-            "file": v.path.name, "lat1_ms": lat * 1e3, "vs_fp32": lat / fp32_lat[v.backend],
-            "b8_img_s": 8 / p50[id(v)][8], "size_mb": size_mb(v.path),
-            "top1": parity.top1_agreement,
+            "file": v.path.name, "b1_ms": p50[id(v)][1] * 1e3, "b1_speedup": fp32_p50[v.backend][1] / p50[id(v)][1],
+            "b8_ms": p50[id(v)][8] * 1e3, "b8_speedup": fp32_p50[v.backend][8] / p50[id(v)][8],
+            "int8_macs": share, "float_layers": float_layers,
+            "effexport_keep_float": int8.manifest["forms"][v.form]["keep_float"] if v.form else None,
+            "size_mb": size_mb(v.path), "top1": parity.top1_agreement,
             "top1_confident": float((reference.argmax(1) == y.argmax(1))[confident].mean()) if confident.any()
             else float("nan"),
             "confident_n": int(confident.sum()), "mean_cos": parity.mean_cosine, "min_cos": parity.min_cosine,
-            "views": len(x), "rounds_b1_p50_ms": [round(r[1].p50 * 1e3, 3) for r in rounds_of[id(v)]],
+            "gate": parity.passed, "views": len(x), "photos": held.photos,
+            "rounds_b1_p50_ms": [round(r[1].p50 * 1e3, 3) for r in rounds_of[id(v)]],
             "rounds_b8_p50_ms": [round(r[8].p50 * 1e3, 3) for r in rounds_of[id(v)]], "timed_runs_b1": iters,
             "calibration_inputs": len(calib),
         })
@@ -180,8 +197,8 @@ def bench_model(name: str, out: Path, calib_source: Path | None, method: str, it
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'model':24} {'backend':11} {'variant':31} {'b1 ms':>7} {'vs FP32':>7} {'b8 img/s':>8} {'MB':>5} "
-            f"{'top-1':>6} {'top-1*':>6} {'mean cos':>8} {'min cos':>7}")
+    head = (f"{'model':24} {'backend':11} {'variant':33} {'b1 ms':>6} {'b1 x':>5} {'b8 ms':>6} {'b8 x':>5} "
+            f"{'INT8 MACs':>9} {'float':>5} {'top-1':>6} {'top-1*':>6} {'mean cos':>8} {'min cos':>7} {'gate':>4}")
     print(head)
     print("-" * len(head))
     last = None
@@ -190,14 +207,28 @@ def print_table(rows: list[dict]) -> None:
             print()
         last = r["model"]
         model = f"{r['model']}{'' if r['weights'] == 'trained' else ' (rnd)'}"
-        print(f"{model:24} {r['backend']:11} {r['variant']:31} {r['lat1_ms']:7.2f} {r['vs_fp32']:7.2f} "
-              f"{r['b8_img_s']:8.1f} {r['size_mb']:5.1f} {r['top1']:6.1%} {r['top1_confident']:6.1%} "
-              f"{r['mean_cos']:8.4f} {r['min_cos']:7.4f}")
-    views = {r["model"]: (r["views"], r["confident_n"]) for r in rows}
-    print(f"\ntop-1: agreement with FP32 on all held-out views; top-1*: on the views where FP32's top-1 probability "
-          f">= {CONFIDENT} ({', '.join(f'{m}: {c} of {v}' for m, (v, c) in views.items())}).")
+        macs_col = "-" if r["int8_macs"] is None else f"{r['int8_macs']:.1%}"
+        floats = "-" if r["int8_macs"] is None else str(len(r["float_layers"]))
+        print(f"{model:24} {r['backend']:11} {r['variant']:33} {r['b1_ms']:6.2f} {r['b1_speedup']:5.2f} "
+              f"{r['b8_ms']:6.2f} {r['b8_speedup']:5.2f} {macs_col:>9} {floats:>5} {r['top1']:6.1%} "
+              f"{r['top1_confident']:6.1%} {r['mean_cos']:8.4f} {r['min_cos']:7.4f} "
+              f"{('yes' if r['gate'] else 'no') if r['weights'] == 'trained' else '-':>4}")
+    print()
+    views = {r["model"]: (r["views"], r["photos"], r["confident_n"]) for r in rows}
+    print(f"b1/b8 ms: p50 per batch; x: speed-up over FP32 on the same backend (FP32 p50 / p50). INT8 MACs: share "
+          f"executed in INT8 by the runtime; float: weighted layers it runs in float. top-1: agreement with FP32 on "
+          f"all held-out views; top-1*: on the views where FP32's top-1 probability >= {CONFIDENT} "
+          f"({', '.join(f'{m}: {c} of {v} views of {p} photos' for m, (v, p, c) in views.items())}). gate: the "
+          f"default INT8 policy on all views (trained weights only).")
     print("(rnd) = random weights: agreement then says little about a trained model. Latency: median over rounds of "
           "the harness's median, one runner open at a time; the machine may be shared, so compare the ratios.")
+    print("\nLayers effexport keeps in float (its calibration manifest), per form:")
+    shown: set[tuple[str, str]] = set()
+    for r in rows:
+        if r["effexport_keep_float"] is not None and (r["model"], r["variant"]) not in shown:
+            shown.add((r["model"], r["variant"]))
+            kept = r["effexport_keep_float"]
+            print(f"  {r['model']} {r['variant']}: {len(kept)}: {', '.join(kept)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,16 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all variants (median of their medians)")
     parser.add_argument("--out", type=Path, default=None, help="artifact folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--all-forms", action="store_true", help="also the portable (TensorRT) form in both runtimes "
+                                                                  "and the ONNX Runtime form in OpenVINO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="effexport-bench-int8-") as tmp:
         out = args.out or Path(tmp)
         rows = []
         for name in args.models.split(","):
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-            rows += bench_model(name, out, args.calib, args.method, args.iters, args.rounds)
-    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+            rows += bench_model(name, out, args.calib, args.method, args.iters, args.rounds, args.all_forms)
+    load_after = os.getloadavg()
+    dot = ", ".join(cpu_int8_choice()["int8_dot_product"]) or "none"
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} CPUs; INT8 dot product: {dot}); "
+          f"{THREADS} threads; load average (1, 5, 15 min) before {load_before}, after {load_after}\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

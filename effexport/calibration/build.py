@@ -282,6 +282,7 @@ def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, ke
                                           keep_float, target, ranking, weighted)
             info["tuning"] = tuned.to_dict()
             kept += tuned.added
+        info["int8_macs"] = _int8_macs(name, target)
         files = {target.name: sha256_of(target)}
         if target.suffix == ".xml":
             files[target.with_suffix(".bin").name] = sha256_of(target.with_suffix(".bin"))
@@ -317,6 +318,18 @@ class _Ranking:
                                             "logits with the layer alone in float", "most_sensitive": [
                                                 asdict(s) for s in self.scores[:10]]}
         return self.scores
+
+
+def _int8_macs(form: str, path: Path) -> dict:
+    """The share of the form's MACs that run in INT8, read from what the runtime that serves it compiles (the
+    portable form: from the file, since TensorRT is not here), with the weighted layers left in float."""
+    from effexport.exporter import macs
+
+    backend = TIMED_FORMS.get(form)
+    share = macs.qdq_int8_share(path) if backend is None else macs.int8_share(backend, path)
+    return {"share": round(share.share, 4), "runtime": share.runtime, "layers": share.layers,
+            "float_layers": [f.name for f in share.float_layers],
+            "float_macs_share": round(1 - share.share, 4)}
 
 
 def _weighted_layers(fp32: Path) -> int:

@@ -205,6 +205,25 @@ def onnxruntime_int8_share(path: Path, level: Any = None) -> Int8Share:
                      "from the artifact's shapes at batch 1")
 
 
+def qdq_int8_share(path: Path) -> Int8Share:
+    """The share of a QDQ file's convolution and matmul MACs whose weights the file quantizes: what an engine that
+    honours every Q/DQ pair (TensorRT) runs in INT8. Not what ONNX Runtime's CPU kernels make of the file."""
+    model = onnx.load(str(path), load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    int8_macs = total = 0
+    floats = []
+    layers = onnx_layers(model)
+    for node, _, macs in layers:
+        total += macs
+        source = producers.get(node.input[WEIGHT_INPUT.get(node.op_type, 1)]) if len(node.input) > 1 else None
+        if source is not None and source.op_type == "DequantizeLinear":
+            int8_macs += macs
+        else:
+            floats.append(Layer(node.name or node.output[0], node.op_type, macs, "float"))
+    return Int8Share("qdq file", int8_macs, total, tuple(floats), len(layers),
+                     "layers whose weight the file feeds through DequantizeLinear; MACs from its shapes at batch 1")
+
+
 # ---------------------------------------------------------------------------------------------- OpenVINO
 
 

@@ -183,6 +183,12 @@ def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, m
         assert len(tuning["added"]) <= int(sensitivity.MAX_FLOAT_SHARE * (weighted - len(base)))
         # the file on disk is the form with those layers in float: none of them has a quantized weight
         assert not set(tuning["added"]) & set(quantized_nodes(result.files[name]))
+        share = form["int8_macs"]
+        assert 0 < share["share"] < 1 and share["float_macs_share"] == pytest.approx(1 - share["share"], abs=1e-4)
+        if name == "qdq":  # read from the file: exactly the layers kept in float
+            assert set(share["float_layers"]) == set(form["keep_float"]) and share["runtime"] == "qdq file"
+        else:  # what ONNX Runtime compiles: at least those
+            assert set(form["keep_float"]) <= set(share["float_layers"]) and share["runtime"] == "onnxruntime"
     ranked = manifest["sensitivity"]["most_sensitive"]
     assert ranked and [r["gain"] for r in ranked] == sorted((r["gain"] for r in ranked), reverse=True)
     speed = manifest["speed"]["ort_cpu"]
