@@ -199,7 +199,7 @@ def test_calibrated_on_the_held_out_photographs_the_built_in_ones_serve():
 def test_with_nothing_held_out_the_description_says_so():
     from effexport.calibration.heldout import int8_parity_inputs
 
-    # calibration/ holds both the built-in (images/) and the held-out photographs (heldout/)
+    # calibration/ holds the built-in (images/), the held-out (heldout/) and the calibration photographs (photos/)
     photos = int8_parity_inputs(PP64, None, _calibration(HELDOUT_DIR.parent))
     assert photos.kind == "calibration" and not photos.held_out and len(photos.inputs) == 9 * len(VIEWS)
     assert "also the calibration data" in photos.description and "--images DIR" in photos.description
