@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "calibration" / "images"
+# photographs for calibration only, never for judging INT8 (sources and licences in photos/LICENSES.md)
+CALIBRATION_PHOTOS_DIR = BUILTIN_DIR.parent / "photos"
 PARITY_SAMPLES = 16
 
 

@@ -1,7 +1,6 @@
 """The held-out photographs, and INT8 parity of the ImageNet-trained EfficientNet-Lite0 on them."""
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,11 @@ from effexport.calibration.heldout import (
 )
 from effexport.exporter.inputs import BUILTIN_DIR, image_files
 from effexport.recipes import get_recipe
-
-
-def _licensed() -> dict[str, str]:
-    """file name -> sha256, from the table in heldout/LICENSES.md."""
-    rows = re.findall(r"^\| (\S+\.jpg) \|.*\| ([0-9a-f]{64}) \|$", (HELDOUT_DIR / "LICENSES.md").read_text(), re.M)
-    return dict(rows)
+from tests.calibration.photo_checks import colourful_share, licensed
 
 
 def test_every_heldout_photo_is_listed_in_the_licences_with_its_sha256_and_nothing_else_ships():
-    listed = _licensed()
+    listed = licensed(HELDOUT_DIR)
     shipped = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in photo_paths()}
     assert len(shipped) == 42 and listed == shipped
     assert {p.name for p in HELDOUT_DIR.iterdir()} == {*shipped, "LICENSES.md"}
@@ -40,11 +34,9 @@ def test_heldout_photos_are_readable_colour_and_at_most_512_pixels():
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= 512, path.name
             assert not im.info.get("exif") and not im.info.get("icc_profile"), path.name  # metadata stripped
-            pixels = np.asarray(im, dtype=np.int16)
-        # grey stored as RGB has (nearly) equal channels; in these at least a tenth of the pixels have channels more
-        # than 16 levels apart (the least colourful, the Komodo dragon on grey rock: 16%)
-        spread = pixels.max(-1) - pixels.min(-1)
-        assert (spread > 16).mean() >= 0.1, path.name
+            pixels = np.asarray(im)
+        # at least a tenth of the pixels in colour (the least colourful, the Komodo dragon on grey rock: 16%)
+        assert colourful_share(pixels) >= 0.1, path.name
 
 
 def _pixels_digest(path: Path) -> str:
@@ -194,7 +186,7 @@ def test_calibrated_on_the_held_out_photographs_the_built_in_ones_serve():
 def test_with_nothing_held_out_the_description_says_so():
     from effexport.calibration.heldout import int8_parity_inputs
 
-    # calibration/ holds both the built-in (images/) and the held-out photographs (heldout/)
+    # calibration/ holds the built-in (images/), the held-out (heldout/) and the calibration photographs (photos/)
     photos = int8_parity_inputs(PP64, None, _calibration(HELDOUT_DIR.parent))
     assert photos.kind == "calibration" and not photos.held_out and len(photos.inputs) == 9 * len(VIEWS)
     assert "also the calibration data" in photos.description and "--images DIR" in photos.description
