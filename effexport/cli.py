@@ -668,8 +668,10 @@ def _small(value: float) -> str:
 
 
 def _bench_notes(result) -> list[str]:
-    """The lines under the bench table: the peaks the rows are held against, compile times, unavailable rows and
-    the layers INT8 rows leave in float."""
+    """The lines under the bench table: the peaks the rows are held against, compile times, unavailable rows,
+    INT8 rows slower than FP32 and the layers INT8 rows leave in float."""
+    from effexport.exporter.bench_recipe import int8_slower
+
     lines = []
     if result.peaks:
         measured = [f"{p} {peak.gmacs:.0f} GMAC/s ({peak.runtime})" for p, peak in result.peaks.items() if peak.gmacs]
@@ -683,6 +685,8 @@ def _bench_notes(result) -> list[str]:
         lines.append(f"torch-compile: compile time (not in latency) {', '.join(compiles)}")
     lines += [f"{e.backend} {e.precision} batch {e.batch} unavailable: {e.unavailable}"
               for e in result.entries if e.stats is None]
+    lines += [f"{s['backend']} int8 at batch {s['batch']} ran slower than fp32 ({s['int8_p50_ms']:.2f} ms against "
+              f"{s['fp32_p50_ms']:.2f} ms): {s['recommendation']}" for s in int8_slower(result.entries)]
     seen = set()
     for e in result.entries:
         if e.int8 is None or e.int8.float_layers == () or (e.backend, e.int8.float_layers) in seen:

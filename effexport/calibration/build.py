@@ -236,7 +236,7 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
 
 def _tuning_set(fp32: Path, inputs: np.ndarray, tolerance: Tolerance) -> sensitivity.TuningSet:
     chosen = sensitivity.spaced(inputs, sensitivity.TUNING_INPUTS)
-    return sensitivity.TuningSet(chosen, run_model(fp32, chosen), tolerance)
+    return sensitivity.TuningSet(chosen, run_model(fp32, chosen), sensitivity.tuning_target(tolerance))
 
 
 def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, keep_float, data: CalibrationData,

@@ -5,12 +5,21 @@ uses). A sample of N is drawn deterministically: the files are shuffled with a f
 order until N readable images are found, so a corrupt file does not shrink the sample, and the same folder
 and seed always give the same set. Every file read is hashed into the data manifest.
 
-Fewer than SMALL_SET photographs (the 9 built-in ones, a quick --calib folder) are each calibrated on as 12
-deterministic views: the whole photo and five crops (heldout.VIEWS), and their mirror images. Measured on the
-ImageNet-trained EfficientNet-Lite0 with the built-in photographs, on the 72 held-out views of the time (12
+The built-in calibration photographs are 73: the 9 of calibration/images/ (also FP32's parity inputs) and 64
+calibration-only ones in calibration/photos/ (Debian's GCompris, Lomiri wallpapers and JPEG XL test data; public
+domain, CC0 or CC BY, listed with their sources in LICENSES.md). None is a held-out photograph (heldout.py).
+
+Fewer than SMALL_SET photographs are each calibrated on as several deterministic views, up to about VIEW_INPUTS
+inputs in all: 12 views (the whole photo and five crops, heldout.VIEWS, and their mirror images) for up to 25
+photographs, fewer for more (the 73 built-in ones: 4 each). Views were measured on the ImageNet-trained
+EfficientNet-Lite0 with the 9 photographs of calibration/images/, on the 72 held-out views of the time (12
 photos, bench/int8.py): NNCF's model agreed with FP32 top-1 on 80.6% (mean cosine 0.953) calibrated on the 9
 photos, 87.5% (0.981) on their 108 views; the ONNX Runtime forms moved within noise (86.1% -> 87.5%, portable
-95.8% -> 94.4%).
+95.8% -> 94.4%). More photographs did not make the ONNX Runtime forms more faithful by themselves (the same Lite0,
+126 held-out views, AMD EPYC with AVX-512 VNNI: mean cosine 0.997 whether calibrated on 9 photos x 12 views, 73 x
+1, 73 x 4 or 73 x 12; min cosine between 0.989 and 0.993): which layers stay in float decides that
+(sensitivity.py). The 64 are there because 9 photographs, two of them a retina and a deep field, are a narrow
+sample of what a deployed classifier sees, not because they measured better on Lite0.
 """
 
 from __future__ import annotations
@@ -24,13 +33,21 @@ import numpy as np
 from PIL import Image
 
 from effexport.errors import UsageError
-from effexport.exporter.inputs import BUILTIN_DIR, image_files, preprocess_images, read_images
+from effexport.exporter.inputs import (
+    BUILTIN_DIR,
+    CALIBRATION_PHOTOS_DIR,
+    image_files,
+    preprocess_images,
+    read_images,
+)
 from effexport.recipes import Preprocess
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
 SMALL_SET = 100  # photographs; fewer are expanded into views
+MAX_VIEWS = 12  # per photograph: heldout.VIEWS (the whole photo and five crops) and their mirror images
+VIEW_INPUTS = 300  # a small set is expanded into at most 12 views per photograph, up to about this many inputs
 ARRAY_SUFFIXES = {".npy", ".npz"}
 ARRAY_KEYS = ("input", "inputs", "x", "images")  # accepted names of the array inside a .npz
 # Degenerate photographs: kept (they are the user's data), but named in a warning. A short side under TINY_SIDE px
@@ -39,8 +56,14 @@ ARRAY_KEYS = ("input", "inputs", "x", "images")  # accepted names of the array i
 TINY_SIDE = 32
 MAX_ASPECT = 8.0
 NAMED_FILES = 5  # files named in one warning; the manifest lists every file used
-BUILTIN_WARNING = ("calibrating on the 9 built-in photographs: INT8 ranges fitted to data unlike your deployment "
+BUILTIN_WARNING = ("calibrating on the built-in photographs: INT8 ranges fitted to data unlike your deployment "
                    "images cost accuracy; pass --calib DIR with a few hundred of your own images")
+
+
+def builtin_files() -> list[Path]:
+    """The built-in calibration photographs: the 9 of calibration/images/ and the calibration-only ones of
+    calibration/photos/ (licences in each folder's LICENSES.md); named relative to calibration/."""
+    return image_files(BUILTIN_DIR) + image_files(CALIBRATION_PHOTOS_DIR)
 
 
 @dataclass(frozen=True)
@@ -117,30 +140,43 @@ def load_calibration(source: Path | None, pp: Preprocess, size: int | None = Non
     if at_most is not None:
         size = at_most if size is None else min(size, at_most)
     if source is None:
-        data = _from_folder(BUILTIN_DIR, pp, size, seed, "builtin", views, requested)
+        data = _from_files(builtin_files(), BUILTIN_DIR.parent, pp, size, seed, "builtin", views, requested)
         data.warnings.append(BUILTIN_WARNING)  # the manifest keeps it; the CLI prints it
         return data
     source = Path(source)
     if source.is_file() and source.suffix.lower() in ARRAY_SUFFIXES:
         return _from_array(source, pp, size, seed)
     if source.is_dir():
-        return _from_folder(source, pp, size, seed, "folder", views, requested)
+        files = image_files(source)
+        if not files:
+            raise UsageError(f"no image files (jpg, png, webp) in {source}: point --calib at a folder of photographs")
+        return _from_files(files, source, pp, size, seed, "folder", views, requested)
     raise UsageError(f"calibration source {source} is neither a folder of images nor a .npy/.npz file")
 
 
-def calibration_views(images: list[Image.Image]) -> list[Image.Image]:
-    """Each photograph as the whole photo and five crops (heldout.VIEWS), and each of those mirrored."""
+def views_per_photo(photos: int) -> int:
+    """12 views of each of a few photographs, fewer as there are more (about VIEW_INPUTS inputs in all), one from
+    SMALL_SET photographs on."""
+    if photos >= SMALL_SET:
+        return 1
+    return max(1, min(MAX_VIEWS, round(VIEW_INPUTS / photos)))
+
+
+def calibration_views(images: list[Image.Image], per_photo: int = MAX_VIEWS) -> list[Image.Image]:
+    """Each photograph as `per_photo` of its 12 views: the whole photo and five crops (heldout.VIEWS), and each of
+    those mirrored; fewer than 12 are taken evenly spaced over that order (whole, mirrored whole, crop 1, ...)."""
     from effexport.calibration.heldout import crop_views
 
-    return [v for image in images for view in crop_views(image)
-            for v in (view, view.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
+    chosen = np.linspace(0, MAX_VIEWS - 1, per_photo).round().astype(int)
+    out = []
+    for image in images:
+        views = [v for view in crop_views(image) for v in (view, view.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
+        out += [views[i] for i in chosen]
+    return out
 
 
-def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind: str,
-                 views: bool = True, requested: int | None = None) -> CalibrationData:
-    files = image_files(folder)
-    if not files:
-        raise UsageError(f"no image files (jpg, png, webp) in {folder}: point --calib at a folder of photographs")
+def _from_files(files: list[Path], folder: Path, pp: Preprocess, size: int | None, seed: int, kind: str,
+                views: bool = True, requested: int | None = None) -> CalibrationData:
     want = len(files) if size is None else min(size, len(files))
     order = sorted(files) if size is None else [files[i] for i in _shuffled(len(files), seed)]
     images, items, skipped = [], [], []
@@ -158,7 +194,8 @@ def _from_folder(folder: Path, pp: Preprocess, size: int | None, seed: int, kind
                          f"({len(skipped)} corrupt or unreadable); --calib needs readable photographs")
     if requested is not None and len(images) < requested:
         log.warning("asked for %d calibration images, %s has only %d readable", requested, folder, len(images))
-    expanded = calibration_views(images) if views and len(images) < SMALL_SET else images
+    per_photo = views_per_photo(len(images)) if views else 1
+    expanded = calibration_views(images, per_photo) if per_photo > 1 else images
     return CalibrationData(preprocess_images(expanded, pp), "builtin" if kind == "builtin" else str(folder), kind,
                            items, skipped, len(files), size, seed, pp.to_dict(), views=len(expanded) // len(images),
                            warnings=degenerate_warnings(images, [i.name for i in items], pp))

@@ -100,6 +100,19 @@ class BenchResult:
     load: LoadWatch | None = None
 
 
+def int8_slower(entries: list[BenchEntry]) -> list[dict]:
+    """Each backend and batch size whose INT8 row ran slower than its FP32 row in this run: INT8 is not faster
+    on every CPU (ONNX Runtime ran MobileNetV3-large's INT8 0.88x as fast as FP32 on an AMD EPYC with VNNI), and
+    where it is not, FP32 is what to serve there."""
+    timed = {(e.backend, e.precision, e.batch): e.stats for e in entries if e.stats is not None}
+    return [{"backend": backend, "batch": batch, "int8_p50_ms": round(stats.p50 * 1e3, 3),
+             "fp32_p50_ms": round(timed[(backend, "fp32", batch)].p50 * 1e3, 3),
+             "recommendation": f"serve fp32 on {backend} at batch {batch} on this CPU"}
+            for (backend, precision, batch), stats in timed.items()
+            if precision == "int8" and (backend, "fp32", batch) in timed
+            and stats.p50 > timed[(backend, "fp32", batch)].p50]
+
+
 class TorchRunner:
     """PyTorch eager, the baseline: the model as built (before deploy rewrites), inference mode. Also runs the
     torch.compile module of that model (`mode` says which)."""
@@ -398,6 +411,7 @@ def _to_json(ctx: Context, result: BenchResult, config: BenchConfig) -> dict:
         "rates": "gmacs = macs_per_image x batch / p50; percent_of_peak against peak[peak_precision], the "
                  "precision the row executed",
         "results": [e.to_dict() for e in result.entries],
+        "int8_slower_than_fp32": int8_slower(result.entries),
         "chart": result.chart_path.name if result.chart_path else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effexport.calibration.data import BUILTIN_WARNING, load_calibration
+from effexport.calibration.data import (
+    BUILTIN_WARNING,
+    SMALL_SET,
+    VIEW_INPUTS,
+    calibration_views,
+    load_calibration,
+    views_per_photo,
+)
 from effexport.errors import UsageError
+from effexport.exporter.inputs import BUILTIN_DIR, CALIBRATION_PHOTOS_DIR, image_files, read_images
 from effexport.recipes import Preprocess
 from tests.calibration.conftest import PP, write_corrupt, write_images
 
@@ -111,8 +119,28 @@ def test_bad_arrays_are_usage_errors(tmp_path, array, match):
 
 def test_builtin_photographs_come_with_a_warning():
     data = load_calibration(None, PP)
-    assert data.kind == "builtin" and data.count == 9 and data.skipped == []
+    images, photos = image_files(BUILTIN_DIR), image_files(CALIBRATION_PHOTOS_DIR)
+    assert len(images) == 9 and len(photos) >= 48
+    assert data.kind == "builtin" and data.count == len(images) + len(photos) and data.skipped == []
+    names = [i.name for i in data.items]
+    assert {f"images/{p.name}" for p in images} | {f"photos/{p.name}" for p in photos} == set(names)
+    assert data.views == views_per_photo(data.count) and len(data.inputs) == data.count * data.views
     assert data.warnings == [BUILTIN_WARNING] and "built-in" in data.manifest()["warnings"][0]
+
+
+def test_views_grow_fewer_as_photographs_grow_more(tmp_path):
+    assert [views_per_photo(n) for n in (1, 9, 25, 30, 73, 99, 100, 500)] == [12, 12, 12, 10, 4, 3, 1, 1]
+    assert all(n * views_per_photo(n) <= VIEW_INPUTS + n for n in range(26, SMALL_SET))
+    write_images(tmp_path, 2)
+    plain = load_calibration(tmp_path, PP, views=False)
+    every = calibration_views(read_images(image_files(tmp_path)).images)
+    some = calibration_views(read_images(image_files(tmp_path)).images, 4)
+    assert len(every) == 24 and len(some) == 8
+    # 4 of 12, evenly spaced: the whole photo first, the last crop's mirror image last
+    np.testing.assert_array_equal(np.asarray(some[0]), np.asarray(every[0]))
+    np.testing.assert_array_equal(np.asarray(some[3]), np.asarray(every[11]))
+    np.testing.assert_array_equal(np.asarray(some[4]), np.asarray(every[12]))
+    assert plain.count == 2
 
 
 def test_degenerate_images_are_kept_and_named_in_warnings(tmp_path):

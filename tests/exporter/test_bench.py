@@ -23,6 +23,7 @@ from effexport.exporter.bench_recipe import (
     _add_speedups,
     _plan,
     add_rates,
+    int8_slower,
     known_backends,
     make_batch,
     parse_batches,
@@ -208,3 +209,16 @@ def test_int8_share_in_the_row():
     record = e.to_dict()["int8_macs"]
     assert record["share"] == 0.986 and record["float_layers"] == [
         {"name": "/stem/Conv", "op": "Conv", "macs": 14, "precision": "float"}]
+
+
+def test_int8_slower_than_fp32_is_named_with_fp32_to_serve():
+    def row(backend, precision, batch, ms):
+        return BenchEntry(backend, precision, batch, summarize([ms / 1e3] * 3, batch), None)
+
+    entries = [row("onnxruntime", "fp32", 1, 2.0), row("onnxruntime", "int8", 1, 2.5),
+               row("onnxruntime", "fp32", 8, 16.0), row("onnxruntime", "int8", 8, 12.0),
+               row("openvino", "int8", 1, 9.0),  # no fp32 row to hold it against
+               BenchEntry("openvino", "fp32", 1, None, None, unavailable="not installed")]
+    (slower,) = int8_slower(entries)
+    assert slower == {"backend": "onnxruntime", "batch": 1, "int8_p50_ms": 2.5, "fp32_p50_ms": 2.0,
+                      "recommendation": "serve fp32 on onnxruntime at batch 1 on this CPU"}
