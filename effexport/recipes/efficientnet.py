@@ -43,8 +43,9 @@ FIRST_BLOCK_INT8 = KeepFloat(r"/blocks/blocks\.0/", "after BN folding the first 
                              "ranges do not fit 8 bits: quantizing its weights alone cost 7% top-1 agreement")
 STAGE1_INT8 = KeepFloat(r"/blocks/blocks\.1/blocks\.1\.0/", "the first stride-2 expansion block is the next most "
                         "sensitive: keeping it float raised top-1 agreement on held-out photos from 93% to 96%")
-SE_INT8 = KeepFloat(r"/se/conv_(reduce|expand)/", "squeeze-excitation gates scale whole channels from a pooled "
-                    "vector: no compute to gain, their error multiplies into every pixel")
+# The squeeze-excitation convolutions of EfficientNet-B* are quantized (as for ReXNet and MobileNetV3, see
+# recipes/rexnet.py: in float they slowed ONNX Runtime's INT8); with trained weights, INT8 tuning keeps any that
+# proves sensitive.
 
 
 def _is_efficientnet_pytorch(sd) -> bool:
@@ -64,11 +65,11 @@ def _layout(refuse_for: str | None = None) -> CheckpointLayout:
 for _n, _size in SIZES.items():
     register_timm(f"efficientnet_b{_n}", f"efficientnet_b{_n}", family="efficientnet", size=_size,
                   rewrites=GENERIC_REWRITES, paper=PAPER, layouts=(_layout(f"tf_efficientnet_b{_n}"),),
-                  heavy=_n >= HEAVY_FROM, int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8, SE_INT8))
+                  heavy=_n >= HEAVY_FROM, int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8))
     register_timm(f"tf_efficientnet_b{_n}", f"tf_efficientnet_b{_n}", family="efficientnet", size=_size,
                   rewrites=GENERIC_REWRITES, paper=PAPER, layouts=(_layout(),), heavy=_n >= HEAVY_FROM,
                   notes="TF 'SAME' padding made static at the export size",
-                  int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8, SE_INT8))
+                  int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8))
 
 for _n, _size in LITE_SIZES.items():
     register_timm(f"efficientnet_lite{_n}", f"tf_efficientnet_lite{_n}", family="efficientnet-lite", size=_size,
