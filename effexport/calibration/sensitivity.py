@@ -86,6 +86,11 @@ class TuningSet:
         confident = (probs / probs.sum(1, keepdims=True)).max(1) >= CONFIDENT
         self.confident = confident if confident.sum() >= MIN_CONFIDENT else np.ones(len(logits), bool)
 
+    @property
+    def reachable(self) -> bool:
+        """Whether any model can meet the target (a cosine or an agreement above 1 cannot be met: no tuning)."""
+        return (self.target.min_cosine or 0.0) <= 1.0 and (self.target.min_top1 or 0.0) <= 1.0
+
     def judge(self, outputs: np.ndarray) -> Verdict:
         cosine = compare(self.reference, outputs, Tolerance(min_cosine=self.target.min_cosine))
         agree = self.reference.reshape(len(outputs), -1).argmax(1) == outputs.reshape(len(outputs), -1).argmax(1)
@@ -207,8 +212,8 @@ def tune_form(form: str, build: Callable[[list[FloatLayer]], Path], run: Callabl
     tuning = FormTuning(form, {k: v for k, v in asdict(tuning_set.target).items() if v is not None})
     first = tuning_set.judge(run(built))
     tuning.steps.append(_step(0, first))
-    if first.passed:
-        tuning.passed = True
+    if first.passed or not tuning_set.reachable:
+        tuning.passed = first.passed
         return tuning
     ranked = [s for s in ranking() if s.node not in {f.node for f in base}]
     limit = min(len(ranked), max(1, int(MAX_FLOAT_SHARE * (weighted_layers - len(base)))))

@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from torch import nn
 
 from effexport.errors import UsageError
 from effexport.exporter.macs import (
@@ -18,25 +17,9 @@ from effexport.exporter.macs import (
     openvino_int8_share,
     peak_candidates,
 )
+from tests.calibration.conftest import Tiny
 
 SIZE = 32
-
-
-class SmallNet(nn.Module):
-    """Stem conv, depthwise conv, pointwise conv, linear head: every kind of layer a CNN classifier has."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.pw = nn.Conv2d(8, 16, 1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = torch.relu(self.dw(x))
-        x = torch.relu(self.pw(x))
-        return self.fc(x.mean((2, 3)))
 
 
 def conv_macs(out_channels, out_hw, in_per_group, kernel):
@@ -57,7 +40,8 @@ def _inputs(n, seed=0):
 def fp32_onnx(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("macs") / "model.onnx"
-    torch.onnx.export(SmallNet().eval(), torch.from_numpy(_inputs(1)), str(path), dynamo=False, opset_version=17,
+    model = Tiny().eval()  # stem, depthwise and pointwise convolutions, linear head
+    torch.onnx.export(model, torch.from_numpy(_inputs(1)), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return path
