@@ -163,13 +163,27 @@ def test_backend_builds_enforce_nothing_but_calibrate_still_fails_on_the_same_ma
     assert build.sha256_of(built.files["ort_cpu"]) == ort_cpu
 
 
-def test_cpu_choice_sets_the_weight_range_of_the_cpu_form():
+def test_cpu_choice_sets_the_weight_type_of_the_cpu_form(exported, tmp_path):
+    import onnx
+
     from effexport.calibration import qdq
     from effexport.exporter.cpu_env import int8_weights_overflow
 
     assert int8_weights_overflow({"avx2", "fma"}, "x86_64") and not int8_weights_overflow({"avx512_vnni"}, "x86_64")
     assert not int8_weights_overflow(set(), "aarch64")
-    assert qdq.forms_for({"reduced_weights": True})["ort_cpu"].reduce_range
-    full = qdq.forms_for({"reduced_weights": False})
-    assert not full["ort_cpu"].reduce_range and "8-bit" in full["ort_cpu"].description
-    assert not full["qdq"].reduce_range  # TensorRT's form never reduces
+    no_vnni, vnni = qdq.forms_for({"reduced_weights": True}), qdq.forms_for({"reduced_weights": False})
+    assert no_vnni["ort_cpu"].unsigned_weights and "U8U8" in no_vnni["ort_cpu"].description
+    assert not vnni["ort_cpu"].unsigned_weights and "U8S8" in vnni["ort_cpu"].description
+    assert no_vnni["qdq"] == vnni["qdq"] == qdq.PORTABLE  # TensorRT's form is the same everywhere
+    # built: the weights' zero points are UINT8 128 without VNNI, INT8 0 with it (both 8-bit, symmetric)
+    cache = tmp_path / "ranges.json"
+    qdq.calibrate_ranges(exported, np.random.default_rng(0).normal(0, 1, (4, 3, 64, 64)).astype(np.float32), "minmax",
+                         cache, tmp_path)
+    for forms, dtype, zero in ((no_vnni, onnx.TensorProto.UINT8, 128), (vnni, onnx.TensorProto.INT8, 0)):
+        out = tmp_path / f"{dtype}.onnx"
+        qdq.build_form(exported, out, forms["ort_cpu"], cache, "minmax", [])
+        model = onnx.load(str(out))
+        init = {t.name: t for t in model.graph.initializer}
+        weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init]
+        assert weight_dq and all(init[n.input[2]].data_type == dtype for n in weight_dq)
+        assert all(set(onnx.numpy_helper.to_array(init[n.input[2]]).ravel()) == {zero} for n in weight_dq)
