@@ -274,7 +274,6 @@ def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, ke
     for name, (target, build, info) in builders.items():
         build(keep_float)
         if name == qdq.PORTABLE.name:
-            _check_portable(folder / qdq.PORTABLE.filename, manifest)
             ranking.keep_base(target)
         kept = [f.node for f in keep_float]
         if tuning is not None:
@@ -282,11 +281,13 @@ def _build_forms(fp32: Path, folder: Path, cache: Path, options: Int8Options, ke
                                           keep_float, target, ranking, weighted)
             info["tuning"] = tuned.to_dict()
             kept += tuned.added
+        if name == qdq.PORTABLE.name:
+            _check_portable(target, manifest)  # the file as published, after any tuning
         info["int8_macs"] = _int8_macs(name, target)
         files = {target.name: sha256_of(target)}
         if target.suffix == ".xml":
             files[target.with_suffix(".bin").name] = sha256_of(target.with_suffix(".bin"))
-        forms[name] = {"file": target.name, **info, "keep_float": kept, "sha256": sha256_of(target),
+        forms[name] = {"file": target.name, **info, "keep_float": kept, "sha256": files[target.name],
                        "bytes": sum((folder / f).stat().st_size for f in files), "files": files}
     return forms
 

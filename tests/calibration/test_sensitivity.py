@@ -198,6 +198,9 @@ def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, m
             assert set(share["float_layers"]) == set(form["keep_float"]) and share["runtime"] == "qdq file"
         else:  # what ONNX Runtime compiles: at least those
             assert set(form["keep_float"]) <= set(share["float_layers"]) and share["runtime"] == "onnxruntime"
+    # the TensorRT form is checked as published, after tuning rebuilt it
+    assert manifest["qdq_check"]["passed"] and qdq.check_tensorrt_qdq(result.files["qdq"]).to_dict() == \
+        manifest["qdq_check"]
     ranked = manifest["sensitivity"]["most_sensitive"]
     assert ranked and [r["gain"] for r in ranked] == sorted((r["gain"] for r in ranked), reverse=True)
     speed = manifest["speed"]["ort_cpu"]
