@@ -10,12 +10,12 @@ flipped a near-tie; a few are harder scenes. None is in the built-in calibration
 
 Views: each photograph is seen whole, as a central zoom and as one corner crop (which corner follows from the file
 name, so a photograph always gets the same three), 126 inputs in all. Every INT8 parity check runs each INT8 form on
-all of them (EfficientNet-Lite0 takes 4 to 11 ms an image in ONNX Runtime on a 2-core CPU, about a second a form);
-with 126 inputs one changed top-1 moves the agreement by 0.8%, so the default 95% tolerates six. The six views that
-calibration uses (VIEWS) would double that cost for little: views of one photograph are correlated, and independent
-photographs are better evidence than more crops of the same ones. 42 scenes are enough to catch an INT8 model that
-disagrees with FP32 on one input in twenty, not to measure accuracy.
-"""
+all of them (EfficientNet-Lite0 took 4 to 11 ms an image in ONNX Runtime on a 2-core AMD EPYC with AVX-512 VNNI
+shared with other work: about a second a form); with 126 inputs one changed top-1 moves the agreement by 0.8%, so
+the default 95% tolerates six. The six views that calibration uses (VIEWS) would double that cost for little: views
+of one photograph are correlated, and independent photographs are better evidence than more crops of the same ones.
+42 scenes are enough to catch an INT8 model that disagrees with FP32 on one input in twenty, not to measure
+accuracy. """
 
 from __future__ import annotations
 
