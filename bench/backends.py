@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from effexport.exporter.bench import BenchConfig
-from effexport.exporter.bench_recipe import bench_recipe, parse_batches
+from effexport.exporter.timing import BenchConfig
+from effexport.workflow.bench import bench_recipe, parse_batches
 
 
 def main() -> None:

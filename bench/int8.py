@@ -9,7 +9,7 @@ judged on the held-out photographs shipped with effexport (effexport.calibration
 saw.
 
 Every model runs through the backends' own runners (the ones verify and bench use; OpenVINO compiled for the static
-batch it is timed at) and is timed by the one harness (effexport.exporter.bench.measure): warm-up until the median
+batch it is timed at) and is timed by the one harness (effexport.exporter.timing.measure): warm-up until the median
 settles, then timed runs, one runner at a time and closed before the next opens, as `effexport bench` does. This is
 repeated in `--rounds` rounds over all variants, and each latency is the median of the rounds' medians, so that a
 slow spell of the (virtual, shared) machine does not land on one variant only. (Keeping every session open and
@@ -41,17 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
+from effexport.backends import get_backend
 from effexport.calibration.data import load_calibration
 from effexport.calibration.heldout import heldout_inputs
 from effexport.calibration.options import Int8Options
 from effexport.calibration.qdq import ArrayReader, cpu_int8_choice
 from effexport.exporter import macs
-from effexport.exporter.backends import get_backend
-from effexport.exporter.bench import BenchConfig, LatencyStats, measure
 from effexport.exporter.cpu_env import cpu_model
-from effexport.exporter.deploy import open_context
 from effexport.exporter.parity import compare, tolerance_for
-from effexport.job import resolve_job
+from effexport.exporter.timing import BenchConfig, LatencyStats, measure
+from effexport.workflow.deploy import open_context
+from effexport.workflow.job import resolve_job
 
 MODELS = ("efficientnet_lite0", "rexnet_1.0", "mobilenetv3_large")
 THREADS = 2

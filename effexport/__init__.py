@@ -16,23 +16,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from effexport.calibration.build import Int8Result
-    from effexport.exporter.bench_recipe import BenchResult
-    from effexport.exporter.deploy import Artifact
+    from effexport.calibration.int8 import Int8Result
     from effexport.exporter.parity import Tolerance
-    from effexport.exporter.pipeline import OnnxResult
-    from effexport.exporter.verify import VerifyResult
-    from effexport.job import Job
-    from effexport.matrix import BuildResult, Target
+    from effexport.workflow.bench import BenchResult
+    from effexport.workflow.build import BuildResult, Target
+    from effexport.workflow.deploy import Artifact
+    from effexport.workflow.export import OnnxResult
+    from effexport.workflow.job import Job
+    from effexport.workflow.verify import VerifyResult
 
-__version__ = "0.1.0"
+from effexport.version import __version__
+
 __all__ = ["__version__", "bench", "build", "build_backend", "calibrate", "export_onnx", "verify"]
 
 StrPath = str | PathLike[str]
 Progress = Callable[[str], None]  # called with each stage's description
 Tolerances = Iterable[str] | Mapping[str, "Tolerance"]  # "int8:min_top1=0.9" strings, or parsed per precision
 DEFAULT_OUT = "effexport-out"
-BACKEND_OPSET = 17  # effexport.job.DEFAULT_OPSET, without importing it here
+BACKEND_OPSET = 17  # effexport.workflow.job.DEFAULT_OPSET, without importing it here
 
 
 def _path(value: StrPath | None) -> Path | None:
@@ -46,8 +47,8 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
          calib_size: int | None = None, seed: int = 0, openvino: bool | None = None) -> Job:
     """Every function's inputs, resolved once into a Job and checked before any work (as the CLI's `_job`)."""
     from effexport.calibration.options import Int8Options
-    from effexport.job import ExportOptions, resolve_job
     from effexport.recipes import RecipeParams
+    from effexport.workflow.job import ExportOptions, resolve_job
 
     return resolve_job(
         name, weights=_path(weights), pretrained=pretrained, ema=ema,
@@ -62,7 +63,7 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
 
 def _names(value: str | Sequence[str], known: Iterable[str], what: str) -> list[str]:
     """"a,b" or ["a", "b"] -> ["a", "b"], each checked against `known` (UsageError naming the valid ones)."""
-    from effexport.exporter.backends import parse_list
+    from effexport.backends import parse_list
 
     return parse_list(value if isinstance(value, str) else ",".join(value), known, what)
 
@@ -80,7 +81,7 @@ def export_onnx(name: str, *, opset: int = BACKEND_OPSET, batch: int = 1, dynami
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
                force=force)
-    from effexport.exporter.pipeline import export_recipe
+    from effexport.workflow.export import export_recipe
 
     return export_recipe(job, progress)
 
@@ -95,19 +96,18 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
     """`effexport openvino` / `effexport trt`, for any backend: build (or reuse) the backend's artifact at
     `precision` from the verified dynamic-batch ONNX and check it against PyTorch. `options` are the backend's own
     (`OvOptions`, `TrtOptions`); INT8 comes from the recipe's one calibration (`calib`, `method`, `calib_size`)."""
+    from effexport.backends import get_backend
     from effexport.errors import UsageError
-    from effexport.exporter.backends import get_backend
 
-    spec = get_backend(backend)  # an unknown backend or precision is refused before any export
+    spec = get_backend(backend)  # an unknown backend or precision is refused before the job is resolved
     if precision not in spec.precisions:
         raise UsageError(f"{backend} supports {', '.join(spec.precisions)}, not {precision}")
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=force)
-    spec.ensure_available(f"the {backend} {precision} artifact")  # one line, before any export
-    from effexport.exporter.deploy import ensure_artifact, open_context
+    from effexport.workflow.deploy import deploy
 
-    return ensure_artifact(open_context(job, progress), backend, precision, options)
+    return deploy(job, backend, precision, options, progress)
 
 
 def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax", calib_size: int | None = None,
@@ -124,9 +124,9 @@ def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax"
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
                force=force)
-    from effexport.exporter.deploy import open_context
+    from effexport.workflow.deploy import calibrate as calibrate_job
 
-    return open_context(job, progress).int8_build(enforce=None if enforce_all else ())
+    return calibrate_job(job, enforce=None if enforce_all else (), progress=progress)
 
 
 def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions: str | Sequence[str] = ("fp32",),
@@ -140,7 +140,7 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
     inputs and compare with PyTorch FP32; writes verify.json. With `check` (the CLI's behaviour) any failed row
     raises ParityError after the table is written; otherwise inspect `result.passed` and `result.failures`.
     `options` maps a backend to its options (the OpenVINO default: `OvOptions(device)`)."""
-    from effexport.exporter.backends import BACKENDS, probe_all
+    from effexport.backends import BACKENDS, probe_all
     from effexport.exporter.parity import POLICY
 
     if backends is None:
@@ -150,16 +150,12 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False)
-    from effexport.exporter.backends.openvino import OvOptions
-    from effexport.exporter.verify import verify_recipe
+    from effexport.backends.openvino import OvOptions
+    from effexport.workflow.verify import verify_recipe
 
     result = verify_recipe(job, chosen, wanted, {"openvino": OvOptions(device), **(options or {})}, progress)
-    if check and not result.passed:
-        from effexport.errors import ParityError
-
-        rows = ", ".join(f"{r.backend} {r.precision} ({r.note or r.status})" for r in result.failures)
-        raise ParityError(f"{len(result.failures)} of {len(result.rows)} checks failed: {rows} (table: {result.path})",
-                          report=result.path)
+    if check and (error := result.error()) is not None:
+        raise error
     return result
 
 
@@ -176,9 +172,9 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
     batch size, every artifact verified first; writes bench.json (and bench.png with `chart`). `on_run(label, done,
     total)` follows the timed runs."""
     from effexport.errors import UsageError
-    from effexport.exporter.bench import BenchConfig
-    from effexport.exporter.bench_recipe import bench_recipe, check_backends, known_backends
     from effexport.exporter.parity import POLICY
+    from effexport.exporter.timing import BenchConfig
+    from effexport.workflow.bench import bench_recipe, check_backends, known_backends
 
     chosen = _names(backends, known_backends(), "backend")
     wanted = tuple(_names(precisions, POLICY, "precision"))
@@ -203,19 +199,13 @@ def build(build_file: StrPath = "effexport.toml", *, out: StrPath | None = None,
     SUMMARY.md (default output root: effexport-build/ beside the file). With `dry_run`, build nothing and return
     the plan as (target, action, why) rows. With `check` (the CLI's behaviour) failed targets raise ParityError
     (parity only) or ExportError once everything is written; otherwise inspect `result.failed`."""
-    from effexport.matrix import dry_run as plan_only
-    from effexport.matrix import load_plan, run_build
+    from effexport.workflow.build import dry_run as plan_only
+    from effexport.workflow.build import load_plan, run_build
 
     plan = load_plan(Path(build_file), _path(out), force)
     if dry_run:
         return plan_only(plan)
     result = run_build(plan, fail_fast=fail_fast, progress=progress, layouts=tuple(layouts))
-    if check and result.failed:
-        from effexport.errors import ExportError, ParityError
-
-        parity_only = all(r.exit_code == ParityError.exit_code for r in result.failed)
-        raise (ParityError if parity_only else ExportError)(
-            f"{len(result.failed)} of {len(result.results)} targets failed: "
-            + "; ".join(f"{r.target.model} {r.target.name}: {r.message}" for r in result.failed),
-            report=result.manifest_path)
+    if check and (error := result.error()) is not None:
+        raise error
     return result

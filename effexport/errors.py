@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class EffexportError(Exception):
     """Base of every error effexport raises on purpose. `report`: the report file that holds the details."""
@@ -39,6 +42,16 @@ class ExportError(EffexportError):
     """A stage failed to produce a valid artifact (exporter error, checker failure, forbidden node)."""
 
     exit_code = 5
+
+
+def require(package: str, extra: str | None, purpose: str) -> ModuleType:
+    """Import an optional package or raise one line naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        how = f"pip install 'effexport[{extra}]'" if extra else f"pip install {package}"
+        raise MissingDependencyError(f"{purpose} needs the {package} package, which is not installed "
+                                     f"({type(exc).__name__}: {exc}); install it with {how}") from exc
 
 
 EXIT_CODES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from effexport.matrix import load_plan
+from effexport.workflow.build import load_plan
 
 CI = Path(__file__).resolve().parents[1] / "examples" / "ci"
 GITHUB = CI / "github-actions.yml"

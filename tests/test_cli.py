@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from effexport import cli
+from effexport import cli, printers
 from effexport.exporter.checkpoint import randomize_batchnorm
 from tests.exporter.test_checkpoint import RunsCode
 
@@ -42,9 +42,9 @@ def test_help_does_not_import_torch():
 
 def test_output_not_to_a_terminal_is_120_columns_unless_columns_says(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
-    assert cli._console(stderr=False).width == 120  # pytest's captured stdout is not a terminal
+    assert printers._console(stderr=False).width == 120  # pytest's captured stdout is not a terminal
     monkeypatch.setenv("COLUMNS", "100")
-    assert cli._console(stderr=True).width == 100
+    assert printers._console(stderr=True).width == 100
 
 
 def test_unknown_recipe_exits_2_with_closest_names(capsys):
@@ -85,9 +85,9 @@ def test_onnx_rexnet_opset17_then_reuse(capsys, tmp_path):
 
 
 def test_onnx_with_a_checkpoint_the_test_writes(capsys, tmp_path):
-    from effexport.exporter.pipeline import build_model
-    from effexport.job import WeightsSpec
     from effexport.recipes import get_recipe
+    from effexport.workflow.export import build_model
+    from effexport.workflow.job import WeightsSpec
 
     model, _ = build_model(get_recipe("mobilenetv3_large"), WeightsSpec())
     randomize_batchnorm(model, seed=7)

@@ -75,7 +75,7 @@ def test_verify_table_json_and_exit_codes(capsys, tmp_path):
 
 def test_verify_with_a_missing_backend_fails_before_any_work(capsys, tmp_path):
     pytest.importorskip("onnxruntime")
-    from effexport.exporter.backends import tensorrt
+    from effexport.backends import tensorrt
 
     if tensorrt.probe().available:
         pytest.skip("TensorRT and a GPU are present")
@@ -86,7 +86,7 @@ def test_verify_with_a_missing_backend_fails_before_any_work(capsys, tmp_path):
 
 @pytest.mark.tensorrt
 def test_trt_without_tensorrt_fails_in_one_line_before_any_work(capsys, tmp_path, monkeypatch):
-    from effexport.exporter.backends import tensorrt
+    from effexport.backends import tensorrt
 
     if tensorrt.probe().available:
         pytest.skip("TensorRT and a GPU are present")

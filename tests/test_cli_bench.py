@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from effexport import cli
-from effexport.exporter.bench import LoadWatch, Warmup, summarize
-from effexport.exporter.bench_recipe import BenchEntry, BenchResult, _add_speedups, add_rates
+from effexport import printers
 from effexport.exporter.macs import Int8Share, Layer, Peak
+from effexport.exporter.timing import LoadWatch, Warmup, summarize
+from effexport.workflow.bench import BenchEntry, BenchResult, _add_speedups, add_rates
 from tests.calibration.conftest import write_images
 from tests.test_cli import run
 
@@ -69,7 +69,8 @@ def test_the_table_shows_ratios_rates_int8_share_compile_times_and_the_load_warn
     load.sample("onnxruntime fp32 batch 8")
     machine = {"cpu": "AMD EPYC", "threads": 2, "load_average_at_start": [1.0], "load_average_at_end": [3.2],
                "versions": {"torch": "2.14.1"}, "cpu_flags": ["avx2"]}
-    cli._print_bench(BenchResult("rexnet_1.0", entries, machine, Path("bench.json"), None, 600_000_000, peaks, load))
+    result = BenchResult("rexnet_1.0", entries, machine, Path("bench.json"), None, 600_000_000, peaks, load)
+    printers.print_bench(result)
     captured = capsys.readouterr()
     out, err = " ".join(captured.out.split()), " ".join(captured.err.split())
     assert "vs compile" in out and "INT8 MACs" in out and "% peak" in out

@@ -116,9 +116,9 @@ def test_verify_int8_runs_each_backends_form_in_one_table(capsys, deploy_out, ca
 def test_verify_int8_of_real_weights_exits_3_outside_the_tolerance(capsys, tmp_path, calib):
     import torch
 
-    from effexport.exporter.pipeline import build_model
-    from effexport.job import WeightsSpec
     from effexport.recipes import get_recipe
+    from effexport.workflow.export import build_model
+    from effexport.workflow.job import WeightsSpec
 
     model, _ = build_model(get_recipe(RECIPE), WeightsSpec())
     torch.save(model.state_dict(), tmp_path / "model.pth")  # a checkpoint file: real weights to effexport
@@ -143,7 +143,7 @@ def test_bench_times_int8_next_to_fp32_and_torch(capsys, deploy_out, calib):
 
 @pytest.mark.tensorrt
 def test_trt_int8_without_tensorrt_fails_in_one_line_before_any_work(capsys, tmp_path, calib):
-    from effexport.exporter.backends import tensorrt
+    from effexport.backends import tensorrt
 
     if tensorrt.probe().available:
         pytest.skip("TensorRT and a GPU are present")

@@ -101,7 +101,7 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
 
 
 def test_an_output_root_under_a_file_exits_2_before_any_work(capsys, tmp_path, monkeypatch):
-    from effexport.exporter import pipeline
+    from effexport.workflow import export as pipeline
 
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("work started before the check"))
     code, _, err = run(["onnx", RECIPE, "--out", "/etc/passwd/x"], capsys)

@@ -9,7 +9,7 @@ A backend module provides:
   ``run(np.ndarray) -> np.ndarray`` computes the model, and whose ``execution`` dict says what really ran.
 
 Adding a backend is one module here, one entry in ``BACKENDS`` and one extra in pyproject.toml. The optional
-packages are imported only inside those functions, through ``require``.
+packages are imported only inside those functions, through ``effexport.errors.require``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Runner(Protocol):
 @dataclass(frozen=True)
 class Backend:
     name: str
-    module: str  # the module under effexport.exporter.backends
+    module: str  # the module under effexport.backends
     extra: str | None  # the pip extra that installs it (None: a core dependency)
     precisions: tuple[str, ...]  # precisions it can build or run
     summary: str
@@ -78,8 +78,8 @@ class Backend:
         return found
 
 
-# INT8 comes from one calibration of the recipe (effexport.calibration.build), which makes one form per backend
-# (calibration.build.BACKEND_FORMS): each backend's source_precision("int8") is "int8", and deploy hands its build
+# INT8 comes from one calibration of the recipe (effexport.calibration.int8), which makes one form per backend
+# (calibration.int8.BACKEND_FORMS): each backend's source_precision("int8") is "int8", and deploy hands its build
 # that backend's form (ONNX Runtime: the CPU form; OpenVINO: the NNCF IR; TensorRT: the portable Q/DQ ONNX).
 BACKENDS: dict[str, Backend] = {
     b.name: b
@@ -111,16 +111,6 @@ def parse_list(text: str, known: Iterable[str], what: str) -> list[str]:
         raise UsageError(f"unknown {what} {', '.join(unknown) or repr(text)}; expected a comma-separated list of "
                          f"{', '.join(known)}")
     return items
-
-
-def require(package: str, extra: str | None, purpose: str) -> ModuleType:
-    """Import an optional package or raise one line naming the pip extra that installs it."""
-    try:
-        return importlib.import_module(package)
-    except ImportError as exc:
-        how = f"pip install 'effexport[{extra}]'" if extra else f"pip install {package}"
-        raise MissingDependencyError(f"{purpose} needs the {package} package, which is not installed "
-                                     f"({type(exc).__name__}: {exc}); install it with {how}") from exc
 
 
 def probe_all() -> list[Availability]:

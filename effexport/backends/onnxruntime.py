@@ -5,7 +5,7 @@ inputs and outputs, built from the FP32 export; int8: the calibration's ONNX Run
 receives the model its precision starts from (`source_precision`) and writes the variant. Variants are also the
 sources other backends build from (TensorRT's FP16 engine is built from the fp16 variant), so a new precision
 that is a transformation of the ONNX graph plugs in here with `register_onnx_variant`. INT8 is the exception that
-needs data: its forms come from one calibration (effexport.calibration.build), one form per backend.
+needs data: its forms come from one calibration (effexport.calibration.int8), one form per backend.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from effexport.backends import Availability, BuildOutput, run_in_batches
 from effexport.errors import UsageError
-from effexport.exporter.backends import Availability, BuildOutput, run_in_batches
 
 MODEL_FILE = "model.onnx"
 

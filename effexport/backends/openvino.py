@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from effexport.exporter.backends import Availability, BuildOutput, require, run_in_batches
-from effexport.exporter.cpu_env import cpu_flags
+from effexport.backends import Availability, BuildOutput, run_in_batches
+from effexport.errors import require
+from effexport.exporter.cpu_env import NATIVE_BF16, cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ WEIGHTS_FILE = "model.bin"
 DEFAULT_DEVICE = "CPU"
 # The inference-precision hint each precision runs with (fp16: see execution_hint).
 EXECUTION_HINT = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": "f32"}
-NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # CPU flags of bf16 arithmetic
 METADATA_PREFIX = "effexport."  # the ONNX metadata_props keys copied into the IR
 RT_INFO_SECTION = "effexport"
 # What each precision's IR holds on disk: bf16 runs the fp32 IR.

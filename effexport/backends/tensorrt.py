@@ -33,9 +33,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from effexport.backends import Availability, BuildOutput, run_in_batches
+from effexport.backends.cuda_env import cuda_environment
+from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
 from effexport.errors import ExportError, MissingDependencyError, UsageError
-from effexport.exporter.backends import Availability, BuildOutput, run_in_batches
-from effexport.exporter.backends.cuda_env import cuda_environment
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,6 @@ def inspect_engine(trt: ModuleType, plan: bytes, logger, host_code_allowed: bool
 def check_int8_source(onnx_path: Path) -> dict:
     """TensorRT accepts only symmetric INT8 Q/DQ (zero points 0, per-tensor activations, per-output-channel
     weights): check the file before spending a build on it."""
-    from effexport.calibration.qdq import check_tensorrt_qdq
 
     check = check_tensorrt_qdq(Path(onnx_path))
     if not check.passed:

@@ -9,7 +9,7 @@
     calibration.json          the calibration manifest
 
 and keeps the tensor ranges in `<cache_dir>/<method>-<key>.json`, keyed by model, preprocessing, data contents and
-method. The backend commands call it through effexport.exporter.deploy (Context.int8_build) with nothing enforced
+method. The backend commands call it through effexport.workflow.deploy (Context.int8_build) with nothing enforced
 and verify the form each backend runs against PyTorch themselves; `effexport calibrate` and `onnx --int8` enforce
 INT8 parity on every form.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from effexport import __version__
+from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
 from effexport.calibration import qdq, sensitivity
 from effexport.calibration.data import CalibrationData, load_calibration
 from effexport.calibration.heldout import heldout_digest, int8_parity_inputs
@@ -44,10 +44,11 @@ from effexport.exporter.artifacts import (
     sha256_of,
     write_json,
 )
-from effexport.exporter.bench import BenchConfig, measure
 from effexport.exporter.inputs import images_key
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck, tolerance_for
+from effexport.exporter.timing import BenchConfig, measure
 from effexport.recipes import Preprocess, Recipe
+from effexport.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,11 @@ def run_model(path: Path, inputs: np.ndarray) -> np.ndarray:
     runners; OpenVINO runs its INT8 model as the openvino backend does (f32 for the layers left in float)."""
     path = Path(path)
     if path.suffix == ".xml":
-        from effexport.exporter.backends import openvino
+        from effexport.backends import openvino
 
         runner = openvino.open_runner(path, precision="int8")
     else:
-        from effexport.exporter.backends.onnxruntime import OrtRunner
+        from effexport.backends.onnxruntime import OrtRunner
 
         runner = OrtRunner(path)
     with runner:
@@ -339,7 +340,7 @@ def _weighted_layers(fp32: Path) -> int:
 
 
 def _check_portable(path: Path, manifest: dict) -> None:
-    check = qdq.check_tensorrt_qdq(path)
+    check = check_tensorrt_qdq(path)
     manifest["qdq_check"] = check.to_dict()
     if not check.passed:
         raise ExportError(f"{qdq.PORTABLE.filename} is not in TensorRT's QDQ form: {'; '.join(check.problems[:3])}"
@@ -360,7 +361,7 @@ def form_speed(fp32: Path, folder: Path, forms: dict[str, dict]) -> dict[str, di
     (slower_warnings). The rounds alternate FP32 and INT8 with one runner open at a time (an idle ONNX Runtime
     session keeps its threads spinning) and each latency is the median of the rounds' medians: the machine may
     be shared. A measurement, recorded with the CPU; nothing is decided by it but the warning."""
-    from effexport.exporter.backends import get_backend
+    from effexport.backends import get_backend
     from effexport.exporter.cpu_env import cpu_model
 
     timed = {form: get_backend(name) for form, name in TIMED_FORMS.items() if form in forms}

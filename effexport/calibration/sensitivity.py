@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from effexport.backends import run_in_batches
 from effexport.calibration.qdq import WEIGHTED_OPS, FloatLayer
-from effexport.exporter.backends import run_in_batches
 from effexport.exporter.parity import Tolerance, compare
 
 log = logging.getLogger(__name__)

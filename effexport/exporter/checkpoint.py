@@ -14,19 +14,16 @@ import pickletools
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from effexport.errors import CheckpointError
 from effexport.exporter.artifacts import sha256_of
-
-if TYPE_CHECKING:
-    from effexport.recipes import Recipe
+from effexport.exporter.model_spec import CheckpointLayout
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +215,13 @@ def map_by_order(src: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str,
     return out
 
 
-def load_weights(model: nn.Module, path: Path, recipe: Recipe, use_ema: bool = False) -> LoadedWeights:
-    """Load `path` into `model` strictly, converting a recognised upstream layout first."""
+def load_weights(model: nn.Module, path: Path, layouts: Sequence[CheckpointLayout] = (),
+                 use_ema: bool = False) -> LoadedWeights:
+    """Load `path` into `model` strictly, converting the first of `layouts` (the recipe's) that recognises it."""
     path = check_weights_path(path)
     sd = unwrap(read_checkpoint(path), use_ema=use_ema)
     layout = "timm"
-    for candidate in recipe.layouts:
+    for candidate in layouts:
         if candidate.detect(sd):
             if candidate.refuse:
                 raise CheckpointError(f"{path.name} is a {candidate.name} checkpoint: {candidate.refuse}")

@@ -9,6 +9,7 @@ from pathlib import Path
 # An 8-bit multiply-accumulate instruction (VNNI, AMX) sums u8*s8 products in 32 bits. Without one, x86 INT8
 # kernels use vpmaddubsw, which adds pairs of u8*s8 products into a saturating 16-bit lane: 8-bit weights overflow.
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # CPU flags of bf16 arithmetic
 
 
 def cpuinfo_field(name: str) -> str | None:

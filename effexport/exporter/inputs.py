@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from effexport.errors import UsageError
 from effexport.exporter.artifacts import content_digest
-from effexport.recipes import Preprocess
+from effexport.exporter.model_spec import Preprocess
 
 log = logging.getLogger(__name__)
 

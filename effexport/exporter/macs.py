@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from effexport.errors import UsageError
-from effexport.exporter.backends.openvino import NATIVE_BF16
+from effexport.exporter.cpu_env import NATIVE_BF16
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def openvino_int8_share(model: Any, batch: int = 1) -> Int8Share:
 
 
 def _compile_ir(path: Path, batch: int) -> Any:
-    from effexport.exporter.backends import require
+    from effexport.errors import require
 
     ov = require("openvino", "openvino", "counting OpenVINO's INT8 MACs")
     import openvino.properties.hint as hints
@@ -444,16 +444,12 @@ def peak_candidates(precision: str, flags: set[str], f16: Callable[[], bool]) ->
 
 def measure_peaks(threads: int, precisions: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8"),
                   flags: set[str] | None = None, size: int = PEAK_SIZE, budget_s: float = PEAK_BUDGET_S,
-                  f16: Callable[[], bool] | None = None) -> dict[str, Peak]:
-    """This machine's peak MAC rate per precision at `threads` threads (about budget_s per runtime tried)."""
+                  f16: Callable[[], bool] = lambda: False) -> dict[str, Peak]:
+    """This machine's peak MAC rate per precision at `threads` threads (about budget_s per runtime tried). `f16`
+    says whether the CPU computes fp16 when asked (the OpenVINO backend's `runs_f16`, passed in by the caller)."""
     from effexport.exporter.cpu_env import cpu_flags
 
     flags = cpu_flags() if flags is None else flags
-    if f16 is None:
-        def f16() -> bool:
-            from effexport.exporter.backends.openvino import runs_f16
-
-            return runs_f16()
     peaks = {}
     for precision in precisions:
         candidates, why = peak_candidates(precision, flags, f16)

@@ -7,17 +7,16 @@ deploy rewrites it needs and which upstream checkpoint layouts it reads.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from effexport.errors import UsageError
+from effexport.exporter.model_spec import CheckpointLayout, Preprocess
 from effexport.recipes.names import RECIPE_NAMES, closest
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from effexport.exporter.rewrite import Rewrite
@@ -25,40 +24,6 @@ if TYPE_CHECKING:
 FAMILY_MODULES = ("rexnet", "tresnet", "efficientnet", "resnext_wsl", "mobile", "padding_free", "mutualnet",
                   "rexnet_lite")
 GENERIC_PREFIX = "timm:"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a photograph becomes the model input: resize the short side, center-crop, scale, normalize."""
-
-    crop_size: tuple[int, int]
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    @property
-    def resize(self) -> int:
-        # floor, as timm's eval transform (the function that makes the parity inputs) does: rounding reported
-        # 267 for efficientnet_b1 (240 / 0.9) where the model was verified on 266
-        return math.floor(min(self.crop_size) / self.crop_pct)
-
-    def at(self, size: int) -> Preprocess:
-        return Preprocess((size, size), self.crop_pct, self.interpolation, self.mean, self.std)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "resize": self.resize}
-
-
-@dataclass(frozen=True)
-class CheckpointLayout:
-    """An upstream checkpoint key layout this family can read, with its converter to our model's keys."""
-
-    name: str
-    detect: Callable[[Mapping[str, torch.Tensor]], bool]
-    convert: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
-    # When set, loading this layout into this recipe is refused with this message (wrong variant).
-    refuse: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +60,15 @@ class KeepFloat:
 FIRST_CONV = ":first-conv"
 
 
+class ImageLoader(Protocol):
+    """Preprocessed images from --calib (a folder or a .npy/.npz; None: the built-in photographs), at most `at_most`
+    of them as a seeded sample. The workflow passes INT8 calibration's loader to a recipe's finalize step, so the
+    recipes never import the calibration layer above them. The result has `inputs` (NCHW float32), `skipped`
+    ((file, reason) pairs), `warnings` and `digest()`."""
+
+    def __call__(self, source: Path | None, pp: Preprocess, *, at_most: int) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -115,9 +89,10 @@ class Recipe:
     # Recipes that take options (RecipeParams field names in `takes`) return a recipe specialised for them.
     takes: tuple[str, ...] = ()
     configure: Callable[[Recipe, RecipeParams], Recipe] | None = None
-    # Runs once the weights are loaded, before anything is measured; returns the model to export and a record for
-    # the report (slimmable recipes re-estimate BatchNorm statistics for their width and resolution here).
-    finalize: Callable[[nn.Module], tuple[nn.Module, dict]] | None = None
+    # Runs once the weights are loaded, before anything is measured, with the calibration images' loader; returns
+    # the model to export and a record for the report (slimmable recipes re-estimate BatchNorm statistics for their
+    # width and resolution here).
+    finalize: Callable[[nn.Module, ImageLoader], tuple[nn.Module, dict]] | None = None
     configuration: Mapping[str, Any] = field(default_factory=dict)  # what `configure` chose, for the report
     # Layers kept in float by every INT8 form (QDQ ONNX and NNCF); empty means effexport's default (first conv).
     int8_keep_float: tuple[KeepFloat, ...] = ()

@@ -37,7 +37,7 @@ from torch import nn
 from effexport.errors import UsageError
 from effexport.exporter.checkpoint import strict_load
 from effexport.exporter.rewrite import GENERIC_REWRITES
-from effexport.recipes import CheckpointLayout, Preprocess, Recipe, RecipeParams, register
+from effexport.recipes import CheckpointLayout, ImageLoader, Preprocess, Recipe, RecipeParams, register
 from effexport.recipes._slimmable import mobilenet_v1, mobilenet_v2, recalibrate_batchnorm, slice_to_width
 
 log = logging.getLogger(__name__)
@@ -215,14 +215,12 @@ def calibration_batches(inputs: np.ndarray) -> list[torch.Tensor]:
     return list(torch.tensor_split(x, max(1, math.ceil(len(x) / CALIB_BATCH))))
 
 
-def reestimate_batchnorm(resolution: int, calib: Path | None, model: nn.Module) -> tuple[nn.Module, dict]:
-    from effexport.calibration.data import BUILTIN_WARNING as INT8_BUILTIN_WARNING
-    from effexport.calibration.data import load_calibration
-
-    # The loader INT8 calibration uses, so --calib means the same everywhere: a folder, or a .npy/.npz preprocessed
-    # at R (refused at any other size, never resized). No views: a mean over the given photographs is what is
-    # wanted, not extra crops of them. At most CALIB_MAX_BATCHES batches, as a seeded sample.
-    data = load_calibration(calib, IMAGENET.at(resolution), views=False, at_most=CALIB_BATCH * CALIB_MAX_BATCHES)
+def reestimate_batchnorm(resolution: int, calib: Path | None, model: nn.Module,
+                         load_images: ImageLoader) -> tuple[nn.Module, dict]:
+    # `load_images` is the loader INT8 calibration uses (the workflow passes it in), so --calib means the same
+    # everywhere: a folder, or a .npy/.npz preprocessed at R (refused at any other size, never resized). No views:
+    # a mean over the given photographs is what is wanted. At most CALIB_MAX_BATCHES batches, as a seeded sample.
+    data = load_images(calib, IMAGENET.at(resolution), at_most=CALIB_BATCH * CALIB_MAX_BATCHES)
     batches = calibration_batches(data.inputs)
     layers = recalibrate_batchnorm(model, batches)
     used = sum(len(b) for b in batches)
@@ -232,7 +230,7 @@ def reestimate_batchnorm(resolution: int, calib: Path | None, model: nn.Module) 
     if data.skipped:
         record["skipped"] = [{"file": f, "reason": r} for f, r in data.skipped]
     warnings = [BUILTIN_WARNING.format(n=used)] if calib is None else []
-    warnings += [w for w in data.warnings if w != INT8_BUILTIN_WARNING]  # that one speaks of INT8 ranges
+    warnings += data.warnings  # without INT8's own warning about the built-in photographs: the loader drops it
     if warnings:
         record["warning"] = "; ".join(warnings)
         log.info(record["warning"])  # recorded in the report; the CLI prints it

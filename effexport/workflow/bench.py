@@ -1,4 +1,4 @@
-"""`effexport bench`: every backend timed by the one harness in bench.py, PyTorch eager as the baseline in the
+"""`effexport bench`: every backend timed by the one harness in exporter/timing.py, PyTorch eager as the baseline in the
 same run, written to `<out>/<model>/bench.json` and `bench.png` with the machine and versions it ran on.
 
 Besides latency, each row says how close it came to the machine: the model's MACs per image x batch / p50 is the
@@ -22,16 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from effexport.backends import BACKENDS, get_backend
+from effexport.backends.openvino import runs_f16
 from effexport.errors import MissingDependencyError, UsageError
 from effexport.exporter.artifacts import write_json
-from effexport.exporter.backends import BACKENDS, get_backend
-from effexport.exporter.bench import BenchConfig, LatencyStats, LoadWatch, Warmup, measure, speedup
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
-from effexport.exporter.deploy import Artifact, Context, ensure_artifact, existing_options, open_context
 from effexport.exporter.macs import Int8Share, Peak, achieved_gmacs, int8_share, measure_peaks
 from effexport.exporter.parity import POLICY, compare
-from effexport.exporter.pipeline import Progress, build_model
-from effexport.job import Job
+from effexport.exporter.timing import BenchConfig, LatencyStats, LoadWatch, Warmup, measure, speedup
+from effexport.workflow.deploy import Artifact, Context, ensure_artifact, existing_options, open_context
+from effexport.workflow.export import Progress, build_model
+from effexport.workflow.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: 
     if progress:
         progress("measuring this machine's peak MAC rates")
     started = time.perf_counter()
-    peaks = measure_peaks(threads)
+    peaks = measure_peaks(threads, f16=runs_f16)  # asked only where OpenVINO is installed
     machine["peak_seconds"] = round(time.perf_counter() - started, 2)
     compiled = CompiledTorch(model, threads) if (COMPILED, "fp32") in plan else None
     total = len(plan) * len(batches) * config.iters
@@ -333,7 +334,7 @@ def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: 
     variant = ctx.job.variant
     result = BenchResult(ctx.recipe.name, entries, machine, folder / f"bench{variant}.json", None, macs, peaks, load)
     if chart:
-        from effexport.exporter.bench_chart import write_chart
+        from effexport.workflow.bench_chart import write_chart
 
         result.chart_path = write_chart(entries, folder / f"bench{variant}.png",
                                         title=f"{ctx.recipe.name} on {machine['cpu']}, {threads} threads",

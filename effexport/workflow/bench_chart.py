@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from effexport.errors import require
 from effexport.exporter.artifacts import write_bytes
-from effexport.exporter.backends import require
 
 ROW_INCHES = 0.36  # height of one bar row
 LABEL_SIZE = 8.5

@@ -31,13 +31,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from effexport import __version__
 from effexport.calibration.options import METHODS, Int8Options
-from effexport.errors import EffexportError, MissingDependencyError, UsageError
+from effexport.errors import EffexportError, ExportError, MissingDependencyError, ParityError, UsageError
 from effexport.exporter.artifacts import sha256_of, write_bytes, write_json
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
-from effexport.job import ExportOptions, Job, resolve_job
 from effexport.recipes import RecipeParams, check_recipe_name
+from effexport.version import __version__
+from effexport.workflow.job import ExportOptions, Job, resolve_job
 
 try:
     import tomllib
@@ -116,6 +116,17 @@ class BuildResult:
     @property
     def failed(self) -> list[TargetResult]:
         return [r for r in self.results if r.status == "failed"]
+
+    def error(self) -> EffexportError | None:
+        """The error that ends the build once everything is written: ParityError when only parity failed (exit 3),
+        else ExportError (exit 5); None when no target failed."""
+        if not self.failed:
+            return None
+        parity_only = all(r.exit_code == ParityError.exit_code for r in self.failed)
+        return (ParityError if parity_only else ExportError)(
+            f"{len(self.failed)} of {len(self.results)} targets failed: "
+            + "; ".join(f"{r.target.model} {r.target.name}: {r.message}" for r in self.failed),
+            report=self.manifest_path)
 
 
 # ---------------------------------------------------------------------------------------------- the build file
@@ -342,7 +353,7 @@ def run_build(plan: BuildPlan, *, fail_fast: bool = False, progress: Progress | 
     write_json(result.manifest_path, data)
     write_bytes(result.summary_path, summary(result).encode())
     if layouts:
-        from effexport import layouts as repositories
+        from effexport.workflow import layouts as repositories
 
         served = [a for a in data["artifacts"] if a["status"] in ("built", "reused")]
         for layout in layouts:
@@ -358,8 +369,8 @@ def _benchmarks(plan: BuildPlan, results: list[TargetResult], progress: Progress
     """`bench = true`: per model, PyTorch eager and every backend and precision it built, timed by effexport
     bench's harness in one run; p50 and the speed-up against eager go into the manifest, the chart into SUMMARY.md.
     A benchmark that cannot run is recorded with its reason; it never fails the build."""
-    from effexport.exporter.bench import BenchConfig
-    from effexport.exporter.bench_recipe import BASELINE, bench_recipe
+    from effexport.exporter.timing import BenchConfig
+    from effexport.workflow.bench import BASELINE, bench_recipe
 
     records = {}
     for model in dict.fromkeys(t.model for t in plan.targets if t.bench):
@@ -390,7 +401,7 @@ def _benchmarks(plan: BuildPlan, results: list[TargetResult], progress: Progress
 
 
 def _build_target(target: Target, out: Path, contexts: dict[str, Any]) -> TargetResult:
-    from effexport.exporter.backends import get_backend
+    from effexport.backends import get_backend
 
     started = time.perf_counter()
     try:
@@ -412,7 +423,7 @@ def _build_target(target: Target, out: Path, contexts: dict[str, Any]) -> Target
 
 
 def _onnx_target(target: Target) -> dict[str, Any]:
-    from effexport.exporter.pipeline import export_recipe
+    from effexport.workflow.export import export_recipe
 
     suffix = target.name[len("onnx"):]
     export = replace(target.job.export, dynamic_batch=suffix == "-dynamic",
@@ -424,7 +435,7 @@ def _onnx_target(target: Target) -> dict[str, Any]:
 
 
 def _backend_target(target: Target, contexts: dict[str, Any]) -> dict[str, Any]:
-    from effexport.exporter.deploy import ensure_artifact, open_context
+    from effexport.workflow.deploy import ensure_artifact, open_context
 
     if target.model not in contexts:
         contexts[target.model] = open_context(target.job)
@@ -432,7 +443,7 @@ def _backend_target(target: Target, contexts: dict[str, Any]) -> dict[str, Any]:
     options = None
     max_batch = None
     if target.backend == "tensorrt":
-        from effexport.exporter.backends.tensorrt import TrtOptions
+        from effexport.backends.tensorrt import TrtOptions
 
         options = TrtOptions(**{k: v for k, v in target.trt.items()})
         max_batch = options.max_batch
@@ -476,11 +487,11 @@ def dry_run(plan: BuildPlan) -> list[tuple[Target, str, str]]:
     """What `run_build` would do, without building: (target, "reuse" | "build" | "skip", why). ONNX exports and
     backend artifacts built from the FP32 export are judged exactly as the build will judge them; the others
     depend on an artifact the build makes first (the FP16 graph, the calibration) and say so."""
-    from effexport.exporter import deploy
+    from effexport.backends import get_backend
     from effexport.exporter.artifacts import key_digest
-    from effexport.exporter.backends import get_backend
-    from effexport.exporter.deploy import artifact_folder, artifact_precision, backend_options
-    from effexport.exporter.pipeline import export_identity, find_reusable, onnx_folder
+    from effexport.workflow import deploy
+    from effexport.workflow.deploy import artifact_folder, artifact_precision, backend_options
+    from effexport.workflow.export import export_identity, find_reusable, onnx_folder
 
     def export_state(job: Job) -> tuple[str, str | None]:
         fingerprint = key_digest(export_identity(job))
@@ -507,7 +518,7 @@ def dry_run(plan: BuildPlan) -> list[tuple[Target, str, str]]:
         built_for = artifact_precision(backend, target.precision)
         options = None
         if target.backend == "tensorrt":
-            from effexport.exporter.backends.tensorrt import TrtOptions
+            from effexport.backends.tensorrt import TrtOptions
 
             options = TrtOptions(**target.trt)
         options = backend_options(backend, _FolderOnly(job.folder), options)
@@ -540,7 +551,7 @@ class _FolderOnly:
 
 
 def machine() -> dict[str, Any]:
-    from effexport.exporter.backends.cuda_env import cuda_environment
+    from effexport.backends.cuda_env import cuda_environment
 
     env = cuda_environment()
     return {"cpu": cpu_model(), "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),

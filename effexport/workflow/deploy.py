@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from effexport import __version__
-from effexport.calibration.build import RANDOM_NOTE, Int8Result, ensure_int8, form_for_backend
+from effexport.backends import Availability, Backend, get_backend
 from effexport.calibration.heldout import int8_parity_inputs
+from effexport.calibration.int8 import RANDOM_NOTE, Int8Result, ensure_int8, form_for_backend
 from effexport.errors import MissingDependencyError, ParityError, UsageError
 from effexport.exporter.artifacts import (
     Staging,
@@ -42,13 +42,13 @@ from effexport.exporter.artifacts import (
     sha256_of,
     write_json,
 )
-from effexport.exporter.backends import Availability, Backend, get_backend
 from effexport.exporter.inputs import images_key
 from effexport.exporter.parity import ParityReport, Tolerance, compare
-from effexport.exporter.pipeline import OnnxResult, Progress, export_recipe, recheck_reused
-from effexport.exporter.reference import Reference, cached_reference, reference_for
-from effexport.job import Job
 from effexport.recipes import Preprocess, Recipe
+from effexport.version import __version__
+from effexport.workflow.export import OnnxResult, Progress, export_recipe, recheck_reused
+from effexport.workflow.job import Job
+from effexport.workflow.reference import Reference, cached_reference, reference_for
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Artifact:
     report: dict
     reused: bool = False
     availability: Availability | None = None
+    calibration: Int8Result | None = None  # an INT8 artifact's calibration, as `deploy` found it
 
     @property
     def folder(self) -> Path:
@@ -266,7 +267,7 @@ class SourceModel:
 
 def _source_for(ctx: Context, precision: str, backend: str) -> SourceModel:
     """The model a build starts from: the verified export, its verified variant (fp16 graph, ...), or for INT8
-    the form of the recipe's calibration that this backend runs (calibration.build.BACKEND_FORMS)."""
+    the form of the recipe's calibration that this backend runs (calibration.int8.BACKEND_FORMS)."""
     if precision == "fp32":
         return SourceModel(ctx.onnx.path, "fp32", ctx.onnx.report["fingerprint"])
     if precision == "int8":
@@ -348,3 +349,25 @@ def run_parity(artifact: Artifact, precision: str, reference: Reference, toleran
         candidate = runner.run(reference.inputs)
         execution = dict(runner.execution)
     return compare(reference.outputs, candidate, tolerance), execution
+
+
+def deploy(job: Job, backend: str, precision: str, options: Any = None, progress: Progress | None = None,
+           command: str | None = None) -> Artifact:
+    """`effexport openvino` / `effexport trt` / `effexport.build_backend`: the backend's artifact of the job at
+    `precision`, built or reused, checked against PyTorch. The backend is asked first whether it can run here, so a
+    missing one stops in one line before any export or calibration."""
+    spec = get_backend(backend)
+    if precision not in spec.precisions:
+        raise UsageError(f"{backend} supports {', '.join(spec.precisions)}, not {precision}")
+    spec.ensure_available(command or f"the {backend} {precision} artifact")
+    ctx = open_context(job, progress)
+    artifact = ensure_artifact(ctx, backend, precision, options)
+    if precision == "int8":
+        artifact.calibration = ctx.int8_build()
+    return artifact
+
+
+def calibrate(job: Job, enforce: tuple[str, ...] | None = None, progress: Progress | None = None) -> Int8Result:
+    """`effexport calibrate`: every INT8 form of the job's one calibration, from the dynamic-batch export every
+    backend shares; `enforce` names the forms whose INT8 parity failure is an error (None: all)."""
+    return open_context(job, progress).int8_build(enforce=enforce)

@@ -21,7 +21,8 @@ import onnx
 import torch
 from torch import nn
 
-from effexport import __version__
+from effexport.calibration.data import BUILTIN_WARNING as CALIBRATION_BUILTIN_WARNING
+from effexport.calibration.data import CalibrationData, load_calibration
 from effexport.errors import ExportError, ParityError, UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.artifacts import (
@@ -39,8 +40,9 @@ from effexport.exporter.inputs import IMAGE_SUFFIXES, parity_inputs
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck
 from effexport.exporter.profile import count_macs, count_params
 from effexport.exporter.rewrite import RewriteRecord, apply_rewrites
-from effexport.job import Job, WeightsSpec
 from effexport.recipes import Preprocess, Recipe
+from effexport.version import __version__
+from effexport.workflow.job import Job, WeightsSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,15 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def finalize_images(source: Path | None, pp: Preprocess, *, at_most: int) -> CalibrationData:
+    """The images a recipe's finalize step reads (slimmable nets re-estimate BatchNorm on them): INT8 calibration's
+    loader, so --calib means the same everywhere, without views (a mean over the given photographs is wanted, not
+    extra crops of them) and without INT8's warning about the built-in photographs, which speaks of INT8 ranges."""
+    data = load_calibration(source, pp, views=False, at_most=at_most)
+    data.warnings = [w for w in data.warnings if w != CALIBRATION_BUILTIN_WARNING]
+    return data
+
+
 def build_model(recipe: Recipe, weights: WeightsSpec) -> tuple[nn.Module, dict]:
     """Build the recipe's model in eval mode with its weights; returns the model and a weights record."""
     if weights.pretrained and not recipe.pretrained_available:
@@ -100,7 +111,7 @@ def build_model(recipe: Recipe, weights: WeightsSpec) -> tuple[nn.Module, dict]:
     torch.manual_seed(RANDOM_SEED)
     model = recipe.build(weights.pretrained).eval()
     if weights.path is not None:
-        loaded = load_weights(model, Path(weights.path), recipe, use_ema=weights.use_ema)
+        loaded = load_weights(model, Path(weights.path), recipe.layouts, use_ema=weights.use_ema)
         info = {"source": "file", "path": loaded.path, "sha256": loaded.sha256, "layout": loaded.layout}
     elif weights.pretrained:
         info = {"source": "pretrained", "from": recipe.source}
@@ -108,7 +119,7 @@ def build_model(recipe: Recipe, weights: WeightsSpec) -> tuple[nn.Module, dict]:
         randomize_batchnorm(model, seed=RANDOM_SEED)
         info = {"source": "random", "seed": RANDOM_SEED, "note": RANDOM_WEIGHTS_NOTE}
     if recipe.finalize is not None:
-        model, info["finalized"] = recipe.finalize(model)
+        model, info["finalized"] = recipe.finalize(model, finalize_images)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), info
@@ -302,7 +313,7 @@ def _reject(dest: Path, staging: Staging, files: list[Path], report: dict, error
 
 
 def verify_in_onnxruntime(path: Path, prepared: PreparedModel, tolerance, dynamic_batch: bool) -> ParityReport:
-    from effexport.exporter.backends.onnxruntime import OrtRunner
+    from effexport.backends.onnxruntime import OrtRunner
 
     with OrtRunner(path) as runner:
         candidate = runner.run(prepared.inputs)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from effexport import __version__
 from effexport.exporter.artifacts import read_json, write_json
 from effexport.exporter.onnx import INPUT_NAME, OUTPUT_NAME
 from effexport.exporter.profile import build_on_meta, count_macs, count_params
 from effexport.recipes import Recipe, RecipeParams, configure, get_recipe, list_recipes
+from effexport.version import __version__
 
 
 def recipe_rows() -> list[dict]:

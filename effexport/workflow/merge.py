@@ -38,7 +38,7 @@ class MergeResult:
 def _read(folder: Path) -> dict[str, Any]:
     import jsonschema
 
-    from effexport.matrix import manifest_schema
+    from effexport.workflow.build import manifest_schema
 
     path = Path(folder) / MANIFEST_FILE
     try:
@@ -152,7 +152,7 @@ def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = ()) -> Merge
     order = {key: i for i, key in enumerate(dict.fromkeys((e["model"], e["target"]) for _, d in manifests
                                                              for e in d["artifacts"]))}
     artifacts.sort(key=lambda e: order[(e["model"], e["target"])])
-    from effexport.matrix import machine, versions
+    from effexport.workflow.build import machine, versions
 
     first = manifests[0][1]
     merged = {
@@ -169,7 +169,7 @@ def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = ()) -> Merge
     write_json(out / MANIFEST_FILE, merged)
     repositories = {}
     if layouts:
-        from effexport import layouts as repos
+        from effexport.workflow import layouts as repos
 
         served = [a for a in artifacts if a["status"] in SERVED]
         for layout in layouts:

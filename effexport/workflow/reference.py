@@ -14,8 +14,8 @@ import numpy as np
 
 from effexport.exporter.artifacts import write_bytes
 from effexport.exporter.inputs import images_key, parity_inputs
-from effexport.exporter.pipeline import OnnxResult, Progress, build_model, run_torch
-from effexport.job import Job
+from effexport.workflow.export import OnnxResult, Progress, build_model, run_torch
+from effexport.workflow.job import Job
 
 log = logging.getLogger(__name__)
 

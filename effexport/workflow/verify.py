@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from effexport.calibration.build import RANDOM_NOTE, Int8Result
+from effexport.backends import BACKENDS, get_backend
+from effexport.calibration.int8 import RANDOM_NOTE, Int8Result
 from effexport.errors import EffexportError, ParityError, UsageError
 from effexport.exporter.artifacts import write_json
-from effexport.exporter.backends import BACKENDS, get_backend
-from effexport.exporter.deploy import ensure_artifact, existing_options, open_context, run_parity
 from effexport.exporter.parity import POLICY, ParityReport, Tolerance, looser, tolerance_for
-from effexport.exporter.pipeline import Progress, tool_versions
-from effexport.job import Job
+from effexport.workflow.deploy import ensure_artifact, existing_options, open_context, run_parity
+from effexport.workflow.export import Progress, tool_versions
+from effexport.workflow.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class VerifyResult:
     @property
     def failures(self) -> list[VerifyRow]:
         return [r for r in self.rows if r.failed]
+
+    def error(self) -> ParityError | None:
+        """The error that ends the command when a row failed (raised after the table is written), else None."""
+        if self.passed:
+            return None
+        rows = ", ".join(f"{r.backend} {r.precision} ({r.note or r.status})" for r in self.failures)
+        return ParityError(f"{len(self.failures)} of {len(self.rows)} checks failed: {rows} (table: {self.path})",
+                           report=self.path)
 
 
 def check_backends(backends: list[str], precisions: list[str]) -> None:

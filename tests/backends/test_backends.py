@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from effexport.errors import MissingDependencyError, UsageError
-from effexport.exporter.backends import BACKENDS, Availability, get_backend, parse_list, require, run_in_batches
+from effexport.backends import BACKENDS, Availability, get_backend, parse_list, run_in_batches
+from effexport.errors import MissingDependencyError, UsageError, require
 from effexport.exporter.parity import POLICY
 
 

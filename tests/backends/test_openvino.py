@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from effexport.backends import openvino as ov_backend
 from effexport.errors import ParityError
-from effexport.exporter.backends import openvino as ov_backend
 from effexport.exporter.cpu_env import cpu_flags
-from effexport.exporter.deploy import ensure_artifact, open_context, run_parity
 from effexport.exporter.parity import tolerance_for
-from effexport.job import ExportOptions, resolve_job
+from effexport.workflow.deploy import ensure_artifact, open_context, run_parity
+from effexport.workflow.job import ExportOptions, resolve_job
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino

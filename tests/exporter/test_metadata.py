@@ -11,13 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from effexport import __version__
 from effexport.calibration.options import Int8Options
 from effexport.exporter.artifacts import sha256_of
-from effexport.exporter.deploy import ensure_artifact, open_context
-from effexport.exporter.pipeline import build_model, export_recipe
-from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
+from effexport.version import __version__
+from effexport.workflow.deploy import ensure_artifact, open_context
+from effexport.workflow.export import build_model, export_recipe
+from effexport.workflow.job import ExportOptions, WeightsSpec, resolve_job
 from tests.calibration.conftest import calibration_folder
 
 RECIPE = "mobilenetv3_small"

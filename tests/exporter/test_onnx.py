@@ -5,9 +5,9 @@ import torch
 from onnx import helper
 from torch import nn
 
+from effexport.backends.onnxruntime import OrtRunner
 from effexport.errors import UsageError
 from effexport.exporter import onnx as onnx_stage
-from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
 
 

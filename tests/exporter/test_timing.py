@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from effexport.errors import UsageError
-from effexport.exporter.bench import (
+from effexport.exporter.macs import Int8Share, Layer, Peak
+from effexport.exporter.timing import (
     BenchConfig,
     LoadWatch,
     Warmup,
@@ -18,7 +19,7 @@ from effexport.exporter.bench import (
     summarize,
     warm_up,
 )
-from effexport.exporter.bench_recipe import (
+from effexport.workflow.bench import (
     BenchEntry,
     _add_speedups,
     _plan,
@@ -29,7 +30,6 @@ from effexport.exporter.bench_recipe import (
     parse_batches,
     peak_precision,
 )
-from effexport.exporter.macs import Int8Share, Layer, Peak
 
 
 class FakeClock:

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from effexport.exporter.backends.onnxruntime import OrtRunner
+from effexport.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.pipeline import build_model, export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs, count_params
-from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
 from effexport.recipes.rexnet_lite import LinearBottleneck
+from effexport.workflow.export import build_model, export_recipe
+from effexport.workflow.job import ExportOptions, WeightsSpec, resolve_job
 
 # The repository's README: FLOPs (multiply-adds) and parameters of the lite models.
 README = {"rexnet_lite_1.0": (0.41e9, 4.7e6), "rexnet_lite_1.3": (0.65e9, 6.8e6), "rexnet_lite_1.5": (0.84e9, 8.3e6),

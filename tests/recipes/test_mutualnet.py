@@ -11,14 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from effexport.backends.onnxruntime import OrtRunner
 from effexport.calibration.options import Int8Options
 from effexport.errors import UsageError
-from effexport.exporter.backends.onnxruntime import OrtRunner
 from effexport.exporter.checkpoint import randomize_batchnorm
 from effexport.exporter.inputs import BUILTIN_DIR, image_files, parity_inputs, preprocess_images, read_images
-from effexport.exporter.pipeline import export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs
-from effexport.job import resolve_job
 from effexport.recipes import RecipeParams, configure, get_recipe
 from effexport.recipes._slimmable import (
     SLIMMABLE,
@@ -31,6 +29,8 @@ from effexport.recipes._slimmable import (
     slim_channels,
 )
 from effexport.recipes.mutualnet import IMAGENET, VARIANTS, calibration_batches, reestimate_batchnorm
+from effexport.workflow.export import export_recipe
+from effexport.workflow.job import resolve_job
 from tests.test_cli import run
 
 TRAINED_WIDTHS = (0.35, 0.7, 1.0)  # the widths whose statistics an original checkpoint keeps as bn.0, bn.1, ...

@@ -7,11 +7,11 @@ import torch
 from onnx import helper
 
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.pipeline import build_model, export_recipe
 from effexport.exporter.profile import count_macs, count_params
-from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
 from effexport.recipes.padding_free import VARIANTS, HybridStem, PaddingFreeDown
+from effexport.workflow.export import build_model, export_recipe
+from effexport.workflow.job import ExportOptions, WeightsSpec, resolve_job
 
 # recipe: stride-2 depthwise convolutions that become padding-free (each adds one MaxPool; the stem adds one more)
 STRIDED = {"mobilenetv3_large_pfd": 4, "mobilenetv3_large_pfd_cifar": 3, "ghostnet_pfd": 4, "ghostnet_pfd_cifar": 3,

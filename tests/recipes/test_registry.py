@@ -9,11 +9,11 @@ from torch import nn
 
 from effexport.errors import UsageError
 from effexport.exporter.checkpoint import randomize_batchnorm
-from effexport.exporter.pipeline import export_recipe
 from effexport.exporter.profile import build_on_meta, count_macs
 from effexport.exporter.rewrite import apply_rewrites
-from effexport.job import ExportOptions, resolve_job
 from effexport.recipes import get_recipe, list_recipes
+from effexport.workflow.export import export_recipe
+from effexport.workflow.job import ExportOptions, resolve_job
 
 DEFAULT_RUN_GMACS = 1.2  # exports above this run under `slow`; the issue asks up to about 1 GMAC by default
 
@@ -87,7 +87,7 @@ def test_tf_same_padding_leaves_no_pad_or_shape_nodes(tmp_path):
 
 
 def test_dynamic_batch_export_runs_at_any_batch(tmp_path):
-    from effexport.exporter.backends.onnxruntime import OrtRunner
+    from effexport.backends.onnxruntime import OrtRunner
 
     result = export_recipe(resolve_job("efficientnet_b0", export=ExportOptions(dynamic_batch=True, img_size=128),
                                        out=tmp_path))

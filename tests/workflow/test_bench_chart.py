@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from effexport.exporter.bench import summarize
-from effexport.exporter.bench_chart import LABEL_FRACTION, _log_limits, draw_chart, write_chart
-from effexport.exporter.bench_recipe import BenchEntry
+from effexport.exporter.timing import summarize
+from effexport.workflow.bench import BenchEntry
+from effexport.workflow.bench_chart import LABEL_FRACTION, _log_limits, draw_chart, write_chart
 
 pytest.importorskip("matplotlib")
 

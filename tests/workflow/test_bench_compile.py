@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from effexport.errors import MissingDependencyError
-from effexport.exporter.bench_recipe import CompiledTorch
+from effexport.workflow.bench import CompiledTorch
 
 X = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from effexport.exporter.artifacts import sha256_of
-from effexport.matrix import load_plan, manifest_schema
+from effexport.workflow.build import load_plan, manifest_schema
 from tests.test_cli import run
 
 SMALL = 'recipe = "mobilenetv3_small"\nimg_size = 64\n'
@@ -23,9 +23,9 @@ def _write(folder, text):
 
 
 def _checkpoint(path, bias=0.0):
-    from effexport.exporter.pipeline import build_model
-    from effexport.job import WeightsSpec
     from effexport.recipes import get_recipe
+    from effexport.workflow.export import build_model
+    from effexport.workflow.job import WeightsSpec
 
     model, _ = build_model(get_recipe("mobilenetv3_small"), WeightsSpec())
     state = model.state_dict()
@@ -81,12 +81,12 @@ def test_build_then_reuse_then_rebuild_only_the_model_whose_weights_changed(caps
         targets = ["onnx"]
     ''')
     out = tmp_path / "out"
-    from effexport.matrix import dry_run
+    from effexport.workflow.build import dry_run
 
     before = {(t.model, t.name): action for t, action, _ in dry_run(load_plan(path, out))}
     assert set(before.values()) <= {"build", "skip"} and before[("plain", "onnx")] == "build"
     code, stdout, err = run(["build", str(path), "--out", str(out)], capsys)
-    from effexport.exporter.backends import tensorrt
+    from effexport.backends import tensorrt
 
     trt_here = tensorrt.probe().available
     assert code == 0, err
@@ -152,7 +152,7 @@ def test_a_failed_target_does_not_stop_the_others_unless_fail_fast(capsys, tmp_p
 def test_the_serving_repositories_come_from_the_built_artifacts(capsys, tmp_path):
     from google.protobuf import text_format
 
-    from effexport.layouts import load_model_config_pb2
+    from effexport.workflow.layouts import load_model_config_pb2
 
     pb2 = load_model_config_pb2()
     assert pb2 is not None, "tritonclient is part of the test extra"
@@ -188,7 +188,7 @@ def _shas(out):
 
 
 def test_shards_merged_give_the_artifacts_of_one_full_build(capsys, tmp_path):
-    from effexport.matrix import select, shard_of
+    from effexport.workflow.build import select, shard_of
 
     path = _write(tmp_path, f'''
         [defaults]
@@ -292,7 +292,7 @@ def test_merge_refuses_onnx_external_data_outside_the_tree(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from effexport.errors import UsageError
-    from effexport.merge import _check
+    from effexport.workflow.merge import _check
 
     weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
     weight.data_location = TensorProto.EXTERNAL

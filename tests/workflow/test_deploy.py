@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from effexport.errors import ParityError, UsageError
-from effexport.exporter import reference as reference_module
-from effexport.exporter.deploy import ensure_artifact, open_context
-from effexport.exporter.pipeline import build_model, export_recipe, onnx_folder
-from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
+from effexport.workflow import reference as reference_module
+from effexport.workflow.deploy import ensure_artifact, open_context
+from effexport.workflow.export import build_model, export_recipe, onnx_folder
+from effexport.workflow.job import ExportOptions, WeightsSpec, resolve_job
 
 RECIPE = "mobilenetv3_small"
 SMALL = ExportOptions(img_size=64)
@@ -117,7 +117,7 @@ def test_a_stricter_rebuild_keeps_the_verified_export(out):
 
 def test_verify_builds_and_judges_under_the_users_tolerance(tmp_path, monkeypatch):
     from effexport.exporter import parity
-    from effexport.exporter.verify import verify_recipe
+    from effexport.workflow.verify import verify_recipe
 
     monkeypatch.setitem(parity.POLICY, "fp16", parity.Tolerance(max_rel=1e-9))  # a default no FP16 graph meets
     accepted = resolve_job(RECIPE, export=SMALL, out=tmp_path, tolerances=["fp16:max_rel=0.01"])
@@ -141,8 +141,8 @@ def test_unsupported_precision_is_a_usage_error(out):
 def test_verify_and_bench_pick_the_users_engine_whose_profile_covers_the_batch(out):
     """Engine folders are named by their batch profile; verify and bench look for the user's before building one.
     (No TensorRT here: the reports below stand for engines `effexport trt` built; nothing is run.)"""
-    from effexport.exporter.backends import tensorrt
-    from effexport.exporter.deploy import artifact_folder, existing_options
+    from effexport.backends import tensorrt
+    from effexport.workflow.deploy import artifact_folder, existing_options
 
     ctx = open_context(resolve_job(RECIPE, export=SMALL, out=out))
     built = tensorrt.TrtOptions.from_batches(min_batch=1, opt_batch=8, max_batch=32)
@@ -166,8 +166,8 @@ def test_verify_and_bench_pick_the_users_engine_whose_profile_covers_the_batch(o
 
 def test_the_identity_covers_the_contents_of_query_table_and_calibration_images(tmp_path):
     from effexport.calibration.options import Int8Options
-    from effexport.exporter.pipeline import export_identity
     from effexport.recipes import RecipeParams
+    from effexport.workflow.export import export_identity
 
     table = tmp_path / "mine.csv"
     table.write_text("mflops,width,resolution,top1\n150,0.8,160,80.5\n250,1.0,160,81.0\n")
@@ -189,7 +189,7 @@ def test_the_identity_covers_the_contents_of_query_table_and_calibration_images(
 
 def test_every_file_of_an_export_decides_its_reuse(tmp_path):
     from effexport.exporter.artifacts import sha256_of, write_json
-    from effexport.exporter.pipeline import find_reusable
+    from effexport.workflow.export import find_reusable
 
     (tmp_path / "model.onnx").write_bytes(b"graph")
     (tmp_path / "model.onnx.data").write_bytes(b"weights")

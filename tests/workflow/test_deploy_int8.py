@@ -6,16 +6,16 @@ import json
 import pytest
 import torch
 
-from effexport.calibration.build import RANDOM_NOTE
+from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
+from effexport.calibration.int8 import RANDOM_NOTE
 from effexport.calibration.options import Int8Options
-from effexport.calibration.qdq import check_tensorrt_qdq
 from effexport.errors import ParityError
-from effexport.exporter import deploy
-from effexport.exporter.deploy import ensure_artifact, open_context
 from effexport.exporter.parity import tolerance_for
-from effexport.exporter.pipeline import build_model
-from effexport.job import ExportOptions, WeightsSpec, resolve_job
 from effexport.recipes import get_recipe
+from effexport.workflow import deploy
+from effexport.workflow.deploy import ensure_artifact, open_context
+from effexport.workflow.export import build_model
+from effexport.workflow.job import ExportOptions, WeightsSpec, resolve_job
 from tests.calibration.conftest import calibration_folder
 
 RECIPE = "mobilenetv3_small"

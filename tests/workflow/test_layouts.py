@@ -20,9 +20,9 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper
 
-from effexport import layouts
 from effexport.errors import UsageError
 from effexport.exporter.artifacts import sha256_of
+from effexport.workflow import layouts
 
 SIZE, CHANNELS = 8, 3
 CLASSES = CHANNELS  # global average pooling: one logit per channel
@@ -280,7 +280,7 @@ def check_ovms_config(config: dict, repo: Path) -> None:
 
 def test_ovms_repository_serves_ir_and_onnx_and_leaves_out_engines(entries, root, tmp_path, caplog):
     repo = tmp_path / "ovms"
-    with caplog.at_level(logging.WARNING, logger="effexport.layouts"):
+    with caplog.at_level(logging.WARNING, logger="effexport.workflow.layouts"):
         written = layouts.write_ovms_repository(entries, root, repo)
     names = ["rexnet_1.0-openvino-fp32", "rexnet_1.0-onnxruntime-fp32", "timm-mobilenetv3_small_050-onnxruntime-fp32"]
     assert written == [repo / n for n in names] + [repo / "config.json"]

@@ -10,8 +10,8 @@ import pytest
 
 from effexport.exporter.cpu_env import cpu_flags
 from effexport.exporter.parity import recheck, tolerance_for
-from effexport.exporter.verify import verify_recipe
-from effexport.job import ExportOptions, resolve_job
+from effexport.workflow.job import ExportOptions, resolve_job
+from effexport.workflow.verify import verify_recipe
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino
