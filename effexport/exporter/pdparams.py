@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from effexport.errors import CheckpointError
+from effexport.exporter.model_spec import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class PaddleClasEval:
     scale: float = 1 / 255
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def preprocess(self, model: str) -> Preprocess:
+        """As effexport's Preprocess: what the parity photographs are prepared with and what reports record."""
+        return Preprocess((self.crop, self.crop), crop_pct=self.crop / self.resize_short,
+                          interpolation=self.interpolation, mean=self.mean, std=self.std,
+                          resize_size=self.resize_short, antialias=self.antialias,
+                          origin=f"PaddleClas {model} evaluation (cv2 decode to RGB, short side to {self.resize_short} "
+                                 f"with cv2 bilinear, centre crop {self.crop}, /255, mean/std)")
 
 
 # The short side goes to crop + 32 for every model here but Fix-ResNeXt, whose documented resize is its crop.

@@ -29,7 +29,7 @@ from torch import nn
 
 from effexport.errors import CheckpointError
 from effexport.exporter.checkpoint import map_by_order
-from effexport.exporter.pdparams import BN_PARAMS, convert_named
+from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named
 from effexport.exporter.rewrite import GENERIC_REWRITES
 from effexport.recipes import FIRST_CONV, CheckpointLayout, KeepFloat, Preprocess, Recipe, register
 from effexport.recipes._timm import register_timm
@@ -144,9 +144,19 @@ def _convert_paddle(sd, model: nn.Module, accepts: str | None) -> dict:
 
 
 def _paddle_layout(accepts: str | None) -> CheckpointLayout:
-    """PaddleClas EfficientNet `.pdparams`; `accepts`: the PaddleClas model this recipe takes (None: refuse all)."""
+    """PaddleClas EfficientNet `.pdparams`; `accepts`: the PaddleClas model this recipe takes (None: refuse all).
+    Its weights carry PaddleClas's evaluation transform. PaddleClas's EfficientNetB0..B7 pad from a table fixed for
+    the native size (the SAME padding there equals timm's tf_ models, 2.8e-5 of the logit range), so another size
+    computes another model; B0_small pads symmetrically and takes any size."""
+    if accepts is None:
+        return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
+                                convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams")
+    fixed = None if accepts == "EfficientNetB0_small" else (
+        f"PaddleClas's {accepts} computes its SAME padding from a table fixed for its native "
+        f"{PADDLECLAS_EVAL[accepts].crop} px input, so at another size its weights describe another model")
     return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
-                            convert=partial(_convert_paddle, accepts=accepts))
+                            convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams",
+                            preprocess=PADDLECLAS_EVAL[accepts].preprocess(accepts), native_size_only=fixed)
 
 
 for _n, _size in SIZES.items():

@@ -18,7 +18,7 @@ from functools import partial
 from torch import nn
 
 from effexport.errors import CheckpointError, UsageError
-from effexport.exporter.pdparams import BN_PARAMS, convert_named
+from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named
 from effexport.exporter.rewrite import GENERIC_REWRITES
 from effexport.recipes import CheckpointLayout, Recipe, register
 from effexport.recipes._timm import register_timm, timm_preprocess
@@ -72,12 +72,19 @@ def _convert_paddle(sd, model: nn.Module) -> dict:
     return convert_named(sd, model, names, transposed=("fc.weight",), what=f"PaddleClas {found}")
 
 
-PADDLE_LAYOUT = CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_resnext, convert=_convert_paddle)
+def _paddle_layout(model: str) -> CheckpointLayout:
+    """PaddleClas ResNeXt `.pdparams`, whose weights carry PaddleClas's evaluation transform for `model`."""
+    return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_resnext, convert=_convert_paddle,
+                            suffix=".pdparams", preprocess=PADDLECLAS_EVAL[model].preprocess(model))
+
+
+PADDLE_MODELS = {recipe.split(" ")[0]: model for model, recipe in PADDLE_RECIPES.items()}
+PADDLE_MODELS["fix_resnext101_32x48d_wsl"] = "Fix_ResNeXt101_32x48d_wsl"
 
 for _name, (_timm_name, _heavy) in VARIANTS.items():
     register_timm(_name, _timm_name, family="resnext-wsl", size=224, rewrites=GENERIC_REWRITES, paper=PAPER,
                   pretrained_tag="fb_wsl_ig1b_ft_in1k", aliases=(f"{_timm_name}.fb_wsl_ig1b_ft_in1k",),
-                  heavy=_heavy, timm_alias=False, layouts=(PADDLE_LAYOUT,))
+                  heavy=_heavy, timm_alias=False, layouts=(_paddle_layout(PADDLE_MODELS[_name]),))
 
 
 def build_resnext101_32x48d(pretrained: bool):
@@ -100,7 +107,7 @@ for _name, _size, _paper in (("resnext101_32x48d_wsl", 224, PAPER), ("fix_resnex
         source="timm ResNet(Bottleneck, layers=(3, 4, 23, 3), cardinality=32, base_width=48)",
         paper=_paper,
         pretrained_available=False,
-        layouts=(PADDLE_LAYOUT,),
+        layouts=(_paddle_layout(PADDLE_MODELS[_name]),),
         heavy=True,
         notes="over 2 GB of weights: the ONNX model stores them as external data (model.onnx.data)",
     ))

@@ -143,12 +143,27 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
         params = replace(params, calib=calibration.source)  # slimmable recipes re-estimate BatchNorm on it
     parsed = tolerances if isinstance(tolerances, Mapping) else parse_tolerances(tolerances)
     recipe = configure(get_recipe(name), params, img_size=export.img_size)
+    if weights is not None:
+        recipe = weights_preprocess(recipe, weights, export.img_size)
     from effexport.exporter.onnx import check_opset  # imports torch: only once the recipe is known
 
     check_opset(export.opset)
     check_output_root(Path(out))
     return Job(name, recipe, params, spec, export, calibration, Path(images) if images else None, dict(parsed),
                Path(out), force)
+
+
+def weights_preprocess(recipe: Recipe, weights: Path, img_size: int | None) -> Recipe:
+    """The recipe as its weights were evaluated: a layout told by the file's suffix (PaddleClas `.pdparams`) brings
+    its framework's preprocessing, and refuses an --img-size its weights do not describe."""
+    layout = next((lay for lay in recipe.layouts if lay.suffix and weights.suffix == lay.suffix), None)
+    if layout is None or layout.preprocess is None:
+        return recipe
+    native = layout.preprocess.crop_size[0]
+    if layout.native_size_only and img_size not in (None, native):
+        raise UsageError(f"--img-size {img_size} is refused for {layout.name} weights of {recipe.name}: "
+                         f"{layout.native_size_only}; export at {native}")
+    return replace(recipe, preprocess=layout.preprocess)
 
 
 def parse_tolerances(items: Iterable[str]) -> dict[str, Tolerance]:
