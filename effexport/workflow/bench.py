@@ -210,7 +210,8 @@ def parse_batches(text: str) -> list[int]:
 
 def make_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
     """`batch` inputs drawn cyclically from the parity inputs (real and image-like, not noise)."""
-    return np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
+    dtype = np.uint8 if inputs.dtype == np.uint8 else np.float32  # a raw-pixel graph takes uint8
+    return np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=dtype)
 
 
 def machine_info(threads: int, backends: list[str]) -> dict[str, Any]:
