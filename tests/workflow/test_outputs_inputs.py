@@ -143,11 +143,10 @@ def test_build_file_checks_output_input_and_heldout_before_any_work(tmp_path):
                     'output = "probs"\n')
     with pytest.raises(UsageError, match=r"effexport\.toml:6: \[models\.a\] output = 'probs'"):
         load_plan(path)
-    path.write_text('[defaults]\ninput = "uint8-nhwc"\nbgr = true\n\n[models.a]\nrecipe = "timm:mobilenetv3_small_100"\n'
-                    'output = "sigmoid"\nheldout = "missing"\n')
+    head = '[defaults]\ninput = "uint8-nhwc"\nbgr = true\n\n[models.a]\nrecipe = "timm:mobilenetv3_small_100"\n'
+    path.write_text(head + 'output = "sigmoid"\nheldout = "missing"\n')
     with pytest.raises(UsageError, match="--heldout .*missing"):
         load_plan(path)
-    path.write_text('[defaults]\ninput = "uint8-nhwc"\nbgr = true\n\n[models.a]\nrecipe = "timm:mobilenetv3_small_100"\n'
-                    'output = "sigmoid"\n')
+    path.write_text(head + 'output = "sigmoid"\n')
     (target,) = load_plan(path).targets
     assert target.job.export.graph_io.tags == ["sigmoid", "u8nhwc", "bgr"]
