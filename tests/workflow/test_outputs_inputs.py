@@ -65,7 +65,7 @@ def test_uint8_nhwc_export_gives_the_float_export_probabilities_on_the_shipped_p
     from_float = _ort(float_export.path, preprocess_images(photos, pp))
     from_raw = _ort(raw_export.path, np.ascontiguousarray(crops))
     # Both paths start from the same uint8 crop; they differ only by (x/255 - mean)/std against x*scale + shift in
-    # float32 (measured 1.5e-8 here), far below the FP32 parity bar
+    # float32 (measured 2.3e-10 of probability on these 9 photographs), far below the FP32 parity bar
     assert np.abs(from_float - from_raw).max() < 1e-6
     assert (from_float.argmax(1) == from_raw.argmax(1)).all()
     contract = read_metadata(raw_export.path)["effexport.input"]
