@@ -59,11 +59,22 @@ CalibSizeOption = Annotated[int | None, typer.Option("--calib-size", help="Use a
 ToleranceOption = Annotated[list[str] | None, typer.Option(
     "--tolerance", help="Override, e.g. int8:min_top1=0.9 or fp16:min_cosine=0.9995 (repeatable).")]
 
+# What the graph takes and returns (effexport/exporter/io_spec.py); part of every artifact's folder name.
+OutputKindOption = Annotated[str, typer.Option(
+    "--output", help="What the graph returns: logits (as trained), softmax, or sigmoid (multi-label heads, judged by "
+                     "label-set agreement at 0.5).")]
+InputKindOption = Annotated[str, typer.Option(
+    "--input", help="What the graph takes: float (the recipe's normalized NCHW), uint8-nchw or uint8-nhwc (the "
+                    "decoded, resized and center-cropped image as bytes; scaling and mean/std are in the graph).")]
+BgrOption = Annotated[bool, typer.Option("--bgr", help="Raw input is BGR (OpenCV-decoded), not RGB.")]
+HeldoutOption = Annotated[Path | None, typer.Option(
+    "--heldout", help="Photographs the INT8 gate judges on (none may be in the calibration set, by content).")]
+
 
 def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None, opset=17, batch=1,
          dynamic_batch=False, simplify=True, images=None, tolerance=None, calib=None, method="minmax", calib_size=None,
          seed=0, openvino=None, width=None, resolution=None, budget_mflops=None, query_table=None, force=False,
-         out=Path("effexport-out")):
+         out=Path("effexport-out"), output="logits", input_kind="float", bgr=False, heldout=None):
     """Every command's inputs, resolved once into a Job (effexport.workflow.job) and checked before any work."""
     from effexport.calibration.options import Int8Options
     from effexport.recipes import RecipeParams
@@ -72,9 +83,10 @@ def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None,
     return resolve_job(
         name, weights=weights, pretrained=pretrained, ema=ema,
         export=ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                             simplify=simplify),
+                             simplify=simplify, output=output, input=input_kind, bgr=bgr),
         params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table),
-        calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino),
+        calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
+                                heldout=heldout),
         images=images, tolerances=tolerance or [], out=out, force=force)
 
 
@@ -141,6 +153,10 @@ def onnx_cmd(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity check.")] = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
     out: OutOption = Path("effexport-out"),
     int8: Annotated[bool, typer.Option("--int8", help="Also build the INT8 forms ('effexport calibrate').")] = False,
@@ -159,7 +175,8 @@ def onnx_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, batch=batch,
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                method=method, calib_size=calib_size, width=width, resolution=resolution, budget_mflops=budget_mflops,
-               query_table=query_table, force=force, out=out)
+               query_table=query_table, force=force, out=out,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
     from effexport.workflow.export import export_recipe
 
     with printers.status(f"exporting {name}") as progress:
@@ -210,6 +227,10 @@ def openvino_cmd(
     device: Annotated[str, typer.Option(help="OpenVINO device for the parity check.")] = "CPU",
     images: ImagesOption = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
@@ -227,7 +248,8 @@ def openvino_cmd(
     precision = _int8_precision(precision, int8, ("fp32", "fp16", "int8"))
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.deploy import deploy
 
@@ -269,6 +291,10 @@ def trt_cmd(
     calib_size: CalibSizeOption = None,
     images: ImagesOption = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
@@ -292,7 +318,8 @@ def trt_cmd(
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
     from effexport.workflow.deploy import deploy
 
     with printers.status(f"building TensorRT {precision} for {name}") as progress:  # no TensorRT: one line, first
@@ -314,6 +341,10 @@ def verify_cmd(
                                                 "runs its own INT8 form of one calibration).")] = "fp32",
     images: ImagesOption = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     calib: CalibOption = None,
     method: MethodOption = "minmax",
     calib_size: CalibSizeOption = None,
@@ -338,7 +369,8 @@ def verify_cmd(
     precisions = parse_list(precision, POLICY, "precision")
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
 
@@ -364,6 +396,10 @@ def bench_cmd(
     max_warmup: Annotated[int, typer.Option(help="Most warm-up runs (warm-up ends earlier once stable).")] = 100,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png (matplotlib).")] = True,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     calib: CalibOption = None,
     method: MethodOption = "minmax",
     calib_size: CalibSizeOption = None,
@@ -393,7 +429,8 @@ def bench_cmd(
         raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
     check_backends(chosen)
     with printers.bench_progress(f"preparing {name}") as (stage, timed):
         result = bench_recipe(job, chosen, batches, precisions, threads, config, chart=chart, progress=stage,
@@ -422,6 +459,10 @@ def calibrate(
     opset: OpsetOption = BACKEND_OPSET,
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity checks.")] = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
     = False,
     width: WidthOption = None,
@@ -435,7 +476,8 @@ def calibrate(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force,
-               out=out)
+               out=out,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
     _calibrate(job)
 
 

@@ -36,6 +36,7 @@ from effexport.exporter.artifacts import (
     write_json,
 )
 from effexport.exporter.checkpoint import load_weights, randomize_batchnorm
+from effexport.exporter.graph_io import wrap
 from effexport.exporter.inputs import IMAGE_SUFFIXES, parity_inputs
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck
 from effexport.exporter.profile import count_macs, count_params
@@ -141,13 +142,18 @@ def prepare(job: Job, progress: Progress | None = None) -> PreparedModel:
     model, winfo = build_model(recipe, job.weights)
     pp = job.preprocess
     inputs, described = parity_inputs(pp, images_dir=job.images)
+    io = job.export.graph_io
+    # The reference is the model as built composed with the same graph ends, fed the same photographs as the
+    # graph will be (uint8 crops for raw input): the comparison runs end to end.
+    graph_inputs = io.encode(inputs, pp)
     say("running the PyTorch reference")
-    reference = run_torch(model, inputs)
+    reference = run_torch(wrap(model, io, pp), graph_inputs)
     params = count_params(model)
     macs = count_macs(model, (3, *pp.crop_size))
     say("applying deploy rewrites")
     model, records = apply_rewrites(model, recipe.rewrites, torch.from_numpy(inputs[:2]))
-    return PreparedModel(recipe, model, pp, winfo, records, params, macs, inputs, described, reference)
+    return PreparedModel(recipe, wrap(model, io, pp), pp, winfo, records, params, macs, graph_inputs, described,
+                         reference)
 
 
 def weights_identity(weights: WeightsSpec, recipe: Recipe) -> str:
@@ -161,7 +167,7 @@ def export_identity(job: Job) -> dict:
     """Everything that shapes the bytes of the export and its report, every input by its contents."""
     recipe = job.recipe
     key = {"format": EXPORT_FORMAT, "recipe": recipe.name, "configuration": dict(recipe.configuration),
-           "weights": weights_identity(job.weights, recipe), "export": asdict(job.export),
+           "weights": weights_identity(job.weights, recipe), "export": job.export.identity(),
            "parity_images": content_digest(job.images, IMAGE_SUFFIXES), "versions": tool_versions()}
     if recipe.finalize is not None:  # calibration images change the FP32 model only through a recipe's finalize step
         key["calibration_data"] = content_digest(job.calibration.source)
@@ -233,6 +239,8 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         "simplified": options.simplify,
         "rewrites": [asdict(r) for r in prepared.rewrites],
         "parity_inputs": prepared.inputs_description,
+        "graph_io": {"input": options.graph_io.client_contract(prepared.preprocess),
+                     "output": options.graph_io.output_contract()},
         "versions": tool_versions(),
         "identity": identity,
         "fingerprint": fingerprint,
@@ -242,7 +250,8 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         raw = staging.path / "raw" / MODEL_FILE
         raw.parent.mkdir()
         say(f"exporting ONNX (opset {options.opset})")
-        onnx_stage.export_onnx(prepared.model, sample, raw, options.opset, options.dynamic_batch)
+        onnx_stage.export_onnx(prepared.model, sample, raw, options.opset, options.dynamic_batch,
+                               output_name=options.graph_io.output_name)
         del prepared.model
         model = onnx_stage.load_onnx(raw)
         if onnx_stage.model_opset(model) != options.opset:
@@ -265,6 +274,8 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         model = onnx.load(str(staging.path / MODEL_FILE), load_external_data=False)
         graph = onnx_stage.check_graph(model, static_shape=not options.dynamic_batch)
         report.update(onnx_stage.io_spec(model))
+        if options.graph_io.raw:  # Triton's `format` of an image input (layouts.py)
+            report["inputs"][0]["format"] = options.graph_io.layout
         report["node_counts"] = graph.node_counts
         report["graph_problems"] = list(graph.problems)
         say("verifying parity in ONNX Runtime")
@@ -297,6 +308,8 @@ def onnx_metadata(report: dict) -> dict[str, str]:
         "effexport.preprocessing": json.dumps(report["preprocessing"], separators=(",", ":")),
         "effexport.weights": report["identity"]["weights"],
         "effexport.weights_random": "true" if report["weights"]["source"] == "random" else "false",
+        **{f"effexport.{end}": json.dumps(contract, separators=(",", ":"))
+           for end, contract in report.get("graph_io", {}).items()},
     }
 
 
