@@ -360,7 +360,8 @@ def print_info(data: dict) -> None:
                           f"{pp['crop_size'][0]}x{pp['crop_size'][1]} (crop fraction {pp['crop_pct']}), scale to "
                           f"[0, 1], mean {pp['mean']}, std {pp['std']}"),
         ("rewrites", "\n".join(f"{r['name']}: {r['doc']}" for r in data["rewrites"]) or "-"),
-        ("checkpoints", ", ".join(data["checkpoint_layouts"])),
+        ("checkpoints", ", ".join(data["checkpoint_layouts"]) + "".join(
+            f"\n{name}: {note}" for name, note in data.get("layout_notes", {}).items())),
         ("pretrained", "available through timm (--pretrained)" if data["pretrained_available"]
          else "not published through timm: use --weights PATH"),
     ]

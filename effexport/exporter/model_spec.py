@@ -77,3 +77,4 @@ class CheckpointLayout:
     suffix: str | None = None
     preprocess: Preprocess | None = None
     native_size_only: str | None = None
+    note: str | None = None  # what `effexport info` says of the layout beside its name

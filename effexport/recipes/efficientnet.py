@@ -143,6 +143,12 @@ def _convert_paddle(sd, model: nn.Module, accepts: str | None) -> dict:
                          what=f"PaddleClas {found}")
 
 
+# How PaddleClas's model zoo counts the "FLOPs" it publishes: a fit to its table (its counter does not ship), e.g. B0
+# 0.717 G against its 0.72, B3 3.437 against 3.43, B7 72.36 against 72.35.
+PADDLECLAS_FLOPS = ("PaddleClas's FLOPs column is not MACs: it fits 2 x (dense conv and FC MACs + grouped conv MACs / "
+                    "groups) + 2 per BatchNorm output (B0: 0.717 G against its 0.72 G)")
+
+
 def _paddle_layout(accepts: str | None) -> CheckpointLayout:
     """PaddleClas EfficientNet `.pdparams`; `accepts`: the PaddleClas model this recipe takes (None: refuse all).
     Its weights carry PaddleClas's evaluation transform. PaddleClas's EfficientNetB0..B7 pad from a table fixed for
@@ -156,7 +162,8 @@ def _paddle_layout(accepts: str | None) -> CheckpointLayout:
         f"{PADDLECLAS_EVAL[accepts].crop} px input, so at another size its weights describe another model")
     return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
                             convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams",
-                            preprocess=PADDLECLAS_EVAL[accepts].preprocess(accepts), native_size_only=fixed)
+                            preprocess=PADDLECLAS_EVAL[accepts].preprocess(accepts), native_size_only=fixed,
+                            note=PADDLECLAS_FLOPS)
 
 
 for _n, _size in SIZES.items():

@@ -75,7 +75,9 @@ def _convert_paddle(sd, model: nn.Module) -> dict:
 def _paddle_layout(model: str) -> CheckpointLayout:
     """PaddleClas ResNeXt `.pdparams`, whose weights carry PaddleClas's evaluation transform for `model`."""
     return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_resnext, convert=_convert_paddle,
-                            suffix=".pdparams", preprocess=PADDLECLAS_EVAL[model].preprocess(model))
+                            suffix=".pdparams", preprocess=PADDLECLAS_EVAL[model].preprocess(model),
+                            note="PaddleClas's FLOPs column is not MACs: it fits 2 x (dense conv and FC MACs + grouped "
+                                 "conv MACs / groups) (32x8d: 29.13 G against its 29.14 G)")
 
 
 PADDLE_MODELS = {recipe.split(" ")[0]: model for model, recipe in PADDLE_RECIPES.items()}
