@@ -149,6 +149,16 @@ def test_a_non_default_new_attribute_is_refused_not_dropped():
         onnx_stage.convert_down(model, 17)
 
 
+def test_a_failed_conversion_names_the_model_and_the_op(tmp_path):
+    class Masked(nn.Module):
+        def forward(self, x):
+            return (x.to(torch.int32) & 3).to(torch.float32)  # BitwiseAnd: new in opset 18, no earlier form
+
+    with pytest.raises(ExportError, match=r"Masked: converting .* to opset 14 failed.*BitwiseAnd"):
+        onnx_stage.export_onnx(Masked(), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", 14, False, exporter="dynamo")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_auto_keeps_torchscript_below_18_and_takes_dynamo_from_18():
     assert onnx_stage.torchscript_available()
     assert [onnx_stage.choose_exporter(o) for o in (11, 14, 17, 18, 23)] == ["torchscript"] * 3 + ["dynamo"] * 2
