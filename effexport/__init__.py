@@ -45,7 +45,7 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
          budget_mflops: float | None, query_table: StrPath | None, out: StrPath, force: bool, batch: int = 1,
          dynamic_batch: bool = False, simplify: bool = True, calib: StrPath | None = None, method: str = "minmax",
          calib_size: int | None = None, seed: int = 0, openvino: bool | None = None, output: str = "logits",
-         input: str = "float", bgr: bool = False, heldout: StrPath | None = None) -> Job:
+         input: str = "float", bgr: bool = False, heldout: StrPath | None = None, exporter: str = "auto") -> Job:
     """Every function's inputs, resolved once into a Job and checked before any work (as the CLI's `_job`)."""
     from effexport.calibration.options import Int8Options
     from effexport.recipes import RecipeParams
@@ -54,7 +54,7 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
     return resolve_job(
         name, weights=_path(weights), pretrained=pretrained, ema=ema,
         export=ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                             simplify=simplify, output=output, input=input, bgr=bgr),
+                             simplify=simplify, output=output, input=input, bgr=bgr, exporter=exporter),
         params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops,
                             query_table=_path(query_table)),
         calibration=Int8Options(source=_path(calib), method=method, calib_size=calib_size, seed=seed,
@@ -69,9 +69,10 @@ def _names(value: str | Sequence[str], known: Iterable[str], what: str) -> list[
     return parse_list(value if isinstance(value, str) else ",".join(value), known, what)
 
 
-def export_onnx(name: str, *, opset: int = BACKEND_OPSET, batch: int = 1, dynamic_batch: bool = False,
-                img_size: int | None = None, weights: StrPath | None = None, pretrained: bool = False,
-                ema: bool = False, simplify: bool = True, images: StrPath | None = None, tolerance: Tolerances = (),
+def export_onnx(name: str, *, opset: int = BACKEND_OPSET, exporter: str = "auto", batch: int = 1,
+                dynamic_batch: bool = False, img_size: int | None = None, weights: StrPath | None = None,
+                pretrained: bool = False, ema: bool = False, simplify: bool = True, images: StrPath | None = None,
+                tolerance: Tolerances = (),
                 out: StrPath = DEFAULT_OUT, force: bool = False, width: float | None = None,
                 resolution: int | None = None, budget_mflops: float | None = None,
                 query_table: StrPath | None = None, calib: StrPath | None = None,
@@ -81,16 +82,18 @@ def export_onnx(name: str, *, opset: int = BACKEND_OPSET, batch: int = 1, dynami
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, batch=batch,
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               force=force)
+               force=force,
+               exporter=exporter)
     from effexport.workflow.export import export_recipe
 
     return export_recipe(job, progress)
 
 
 def build_backend(name: str, backend: str, precision: str = "fp32", *, options: Any = None,
-                  img_size: int | None = None, opset: int = BACKEND_OPSET, weights: StrPath | None = None,
-                  pretrained: bool = False, ema: bool = False, images: StrPath | None = None,
-                  tolerance: Tolerances = (), calib: StrPath | None = None, method: str = "minmax",
+                  img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto",
+                  weights: StrPath | None = None, pretrained: bool = False, ema: bool = False,
+                  images: StrPath | None = None, tolerance: Tolerances = (), calib: StrPath | None = None,
+                  method: str = "minmax",
                   calib_size: int | None = None, width: float | None = None, resolution: int | None = None,
                   budget_mflops: float | None = None, query_table: StrPath | None = None, out: StrPath = DEFAULT_OUT,
                   force: bool = False, progress: Progress | None = None) -> Artifact:
@@ -105,7 +108,8 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
         raise UsageError(f"{backend} supports {', '.join(spec.precisions)}, not {precision}")
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=force)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=force,
+               exporter=exporter)
     from effexport.workflow.deploy import deploy
 
     return deploy(job, backend, precision, options, progress)
@@ -113,7 +117,7 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
 
 def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax", calib_size: int | None = None,
               seed: int = 0, openvino: bool | None = None, weights: StrPath | None = None, pretrained: bool = False,
-              ema: bool = False, img_size: int | None = None, opset: int = BACKEND_OPSET,
+              ema: bool = False, img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto",
               images: StrPath | None = None, tolerance: Tolerances = (), width: float | None = None,
               resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
               out: StrPath = DEFAULT_OUT, force: bool = False, enforce_all: bool = True,
@@ -124,7 +128,8 @@ def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax"
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               force=force)
+               force=force,
+               exporter=exporter)
     from effexport.workflow.deploy import calibrate as calibrate_job
 
     return calibrate_job(job, enforce=None if enforce_all else (), progress=progress)
@@ -134,7 +139,7 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
            device: str = "CPU", options: Mapping[str, Any] | None = None, images: StrPath | None = None,
            tolerance: Tolerances = (), calib: StrPath | None = None, method: str = "minmax",
            calib_size: int | None = None, weights: StrPath | None = None, pretrained: bool = False, ema: bool = False,
-           img_size: int | None = None, opset: int = BACKEND_OPSET, width: float | None = None,
+           img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto", width: float | None = None,
            resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
            out: StrPath = DEFAULT_OUT, check: bool = True, progress: Progress | None = None) -> VerifyResult:
     """`effexport verify`: run each backend (default: every one available here) at each precision on the same
@@ -150,7 +155,8 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
     wanted = _names(precisions, POLICY, "precision")
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False,
+               exporter=exporter)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
 
@@ -165,7 +171,7 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
           iters: int = 50, max_warmup: int = 100, chart: bool = True, options: Mapping[str, Any] | None = None,
           tolerance: Tolerances = (), calib: StrPath | None = None, method: str = "minmax",
           calib_size: int | None = None, weights: StrPath | None = None, pretrained: bool = False, ema: bool = False,
-          img_size: int | None = None, opset: int = BACKEND_OPSET, width: float | None = None,
+          img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto", width: float | None = None,
           resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
           out: StrPath = DEFAULT_OUT, progress: Progress | None = None,
           on_run: Callable[[str, int, int], None] | None = None) -> BenchResult:
@@ -187,7 +193,8 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
     config = BenchConfig(iters=iters, max_warmup=max_warmup, min_warmup=min(5, max_warmup))
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=None,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
-               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False)
+               resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False,
+               exporter=exporter)
     check_backends(chosen)
     return bench_recipe(job, chosen, sizes, wanted, threads, config, options=dict(options) if options else None,
                         chart=chart, progress=progress, on_run=on_run)

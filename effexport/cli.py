@@ -67,6 +67,9 @@ InputKindOption = Annotated[str, typer.Option(
     "--input", help="What the graph takes: float (the recipe's normalized NCHW), uint8-nchw or uint8-nhwc (the "
                     "decoded, resized and center-cropped image as bytes; scaling and mean/std are in the graph).")]
 BgrOption = Annotated[bool, typer.Option("--bgr", help="Raw input is BGR (OpenCV-decoded), not RGB.")]
+ExporterOption = Annotated[str, typer.Option(
+    "--exporter", help="ONNX exporter: auto (torch.export at opset 18+, TorchScript below while torch has it), dynamo "
+                       "(torch.export; below 18 converted down by effexport) or torchscript.")]
 HeldoutOption = Annotated[Path | None, typer.Option(
     "--heldout", help="Photographs the INT8 gate judges on (none may be in the calibration set, by content).")]
 
@@ -74,7 +77,7 @@ HeldoutOption = Annotated[Path | None, typer.Option(
 def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None, opset=17, batch=1,
          dynamic_batch=False, simplify=True, images=None, tolerance=None, calib=None, method="minmax", calib_size=None,
          seed=0, openvino=None, width=None, resolution=None, budget_mflops=None, query_table=None, force=False,
-         out=Path("effexport-out"), output="logits", input_kind="float", bgr=False, heldout=None):
+         out=Path("effexport-out"), output="logits", input_kind="float", bgr=False, heldout=None, exporter="auto"):
     """Every command's inputs, resolved once into a Job (effexport.workflow.job) and checked before any work."""
     from effexport.calibration.options import Int8Options
     from effexport.recipes import RecipeParams
@@ -83,7 +86,7 @@ def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None,
     return resolve_job(
         name, weights=weights, pretrained=pretrained, ema=ema,
         export=ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                             simplify=simplify, output=output, input=input_kind, bgr=bgr),
+                             simplify=simplify, output=output, input=input_kind, bgr=bgr, exporter=exporter),
         params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table),
         calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                                 heldout=heldout),
@@ -144,6 +147,7 @@ def info(
 def onnx_cmd(
     name: Annotated[str, typer.Argument(help="Recipe name, alias, or timm:<model>.")],
     opset: Annotated[int, typer.Option(help="ONNX opset; the file has exactly this opset or the command fails.")] = 17,
+    exporter: ExporterOption = "auto",
     batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
     img_size: Annotated[int | None, typer.Option(help="Export resolution (default: the recipe's).")] = None,
@@ -176,7 +180,8 @@ def onnx_cmd(
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                method=method, calib_size=calib_size, width=width, resolution=resolution, budget_mflops=budget_mflops,
                query_table=query_table, force=force, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               exporter=exporter)
     from effexport.workflow.export import export_recipe
 
     with printers.status(f"exporting {name}") as progress:
@@ -236,6 +241,7 @@ def openvino_cmd(
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    exporter: ExporterOption = "auto",
     width: WidthOption = None,
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
@@ -249,7 +255,8 @@ def openvino_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               exporter=exporter)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.deploy import deploy
 
@@ -300,6 +307,7 @@ def trt_cmd(
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    exporter: ExporterOption = "auto",
     width: WidthOption = None,
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
@@ -319,7 +327,8 @@ def trt_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               exporter=exporter)
     from effexport.workflow.deploy import deploy
 
     with printers.status(f"building TensorRT {precision} for {name}") as progress:  # no TensorRT: one line, first
@@ -354,6 +363,7 @@ def verify_cmd(
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    exporter: ExporterOption = "auto",
     width: WidthOption = None,
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
@@ -370,7 +380,8 @@ def verify_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               exporter=exporter)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
 
@@ -408,6 +419,7 @@ def bench_cmd(
     ema: EmaOption = False,
     img_size: ImgSizeOption = None,
     opset: OpsetOption = BACKEND_OPSET,
+    exporter: ExporterOption = "auto",
     width: WidthOption = None,
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
@@ -430,7 +442,8 @@ def bench_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               exporter=exporter)
     check_backends(chosen)
     with printers.bench_progress(f"preparing {name}") as (stage, timed):
         result = bench_recipe(job, chosen, batches, precisions, threads, config, chart=chart, progress=stage,
@@ -457,6 +470,7 @@ def calibrate(
     ema: Annotated[bool, typer.Option("--ema", help="Prefer the EMA weights in a training checkpoint.")] = False,
     img_size: Annotated[int | None, typer.Option(help="Export resolution (default: the recipe's).")] = None,
     opset: OpsetOption = BACKEND_OPSET,
+    exporter: ExporterOption = "auto",
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity checks.")] = None,
     tolerance: ToleranceOption = None,
     output: OutputKindOption = "logits",
@@ -477,7 +491,8 @@ def calibrate(
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force,
                out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               exporter=exporter)
     _calibrate(job)
 
 

@@ -3,7 +3,9 @@
 Rewrites:
 - space_to_depth_op: the stem's SpaceToDepth (view/permute/view, block 4) exports as Shape/Gather/Reshape/
   Transpose arithmetic; its element order is exactly ONNX's SpaceToDepth operator, so it becomes that one
-  node (supported by ONNX Runtime, OpenVINO and TensorRT).
+  node (supported by ONNX Runtime, OpenVINO and TensorRT). It is a torch custom op (`effexport::space_to_depth`)
+  inside an autograd.Function: the TorchScript exporter uses the Function's `symbolic`, the torch.export-based one
+  the op's registered translation (effexport.exporter.onnx.register_translation).
 - iabn_to_bn + fold_batchnorm: checkpoints trained with inplace-ABN fold like BatchNorm.
 Checkpoints: timm's layout, and the original repository's (`body.conv1.0.weight`, InPlaceABN weights stored
 raw: the BN weight is |w| + 1e-5), converted by timm's own TResNet filter.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effexport.exporter.onnx import register_translation
 from effexport.exporter.rewrite import GENERIC_REWRITES, modules_of, set_submodule
 from effexport.recipes import CheckpointLayout
 from effexport.recipes._timm import register_timm
@@ -30,12 +33,36 @@ VARIANTS = {  # recipe name: (timm name, input size, pretrained tag, too large f
 }
 
 
+@torch.library.custom_op("effexport::space_to_depth", mutates_args=())
+def space_to_depth(x: torch.Tensor, block: int) -> torch.Tensor:
+    """timm's SpaceToDepth element order, which is ONNX's SpaceToDepth (DCR is DepthToSpace's mode only)."""
+    n, c, h, w = x.shape
+    x = x.view(n, c, h // block, block, w // block, block).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n, c * block * block, h // block, w // block)
+
+
+@space_to_depth.register_fake
+def _space_to_depth_shape(x: torch.Tensor, block: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.new_empty((n, c * block * block, h // block, w // block))
+
+
+def _space_to_depth_onnx(x, block: int):
+    from onnxscript import opset18
+
+    return opset18.SpaceToDepth(x, blocksize=block)
+
+
+# torch.export keeps the custom op as one node (it ignores autograd.Function.symbolic); this is its ONNX form.
+register_translation(torch.ops.effexport.space_to_depth.default, _space_to_depth_onnx)
+
+
 class _SpaceToDepthFn(torch.autograd.Function):
+    """The TorchScript exporter's hook: `symbolic` replaces the traced op by the one ONNX node."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, block: int) -> torch.Tensor:
-        n, c, h, w = x.shape
-        x = x.view(n, c, h // block, block, w // block, block).permute(0, 3, 5, 1, 2, 4)
-        return x.reshape(n, c * block * block, h // block, w // block)
+        return space_to_depth(x, block)
 
     @staticmethod
     def symbolic(g, x, block: int):

@@ -56,7 +56,7 @@ Progress = Callable[[str], None]
 MODEL_KEYS = ("recipe", "weights", "pretrained", "ema", "img_size", "opset", "simplify", "images", "calib",
               "calib_size", "method", "seed", "tolerance", "targets", "tensorrt", "width", "resolution",
               "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters", "output", "input", "bgr",
-              "heldout")
+              "heldout", "exporter")
 DEFAULT_KEYS = tuple(k for k in MODEL_KEYS if k not in ("recipe", "weights", "pretrained", "ema", "width",
                                                        "resolution", "budget_mflops", "query_table"))
 TOP_KEYS = ("defaults", "models")
@@ -249,7 +249,8 @@ def _job(s: dict[str, Any], root: Path, out: Path, force: bool) -> Job:
         ema=bool(s.get("ema", False)),
         export=ExportOptions(opset=int(s.get("opset", 17)), img_size=s.get("img_size"),
                              simplify=bool(s.get("simplify", True)), output=s.get("output", "logits"),
-                             input=s.get("input", "float"), bgr=bool(s.get("bgr", False))),
+                             input=s.get("input", "float"), bgr=bool(s.get("bgr", False)),
+                             exporter=s.get("exporter", "auto")),
         params=RecipeParams(width=s.get("width"), resolution=s.get("resolution"),
                             budget_mflops=s.get("budget_mflops"), query_table=_relative(root, s.get("query_table"))),
         calibration=Int8Options(source=_relative(root, s.get("calib")), method=s.get("method", "minmax"),
@@ -483,6 +484,7 @@ def _entry(target: Target, record: dict[str, Any], out: Path) -> dict[str, Any]:
         "max_batch": record["max_batch"],
         "weights": {"source": weights.get("source"), "sha256": weights.get("sha256")},
         "fingerprint": report.get("fingerprint"),
+        "exporter": record["io"].get("exporter"),
         "options": record["options"],
         "parity": {k: parity.get(k) for k in ("samples", "max_abs", "max_rel", "min_cosine", "mean_cosine",
                                               "top1_agreement", "top5_agreement", "tolerance", "passed", "enforced")

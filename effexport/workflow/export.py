@@ -51,8 +51,9 @@ Progress = Callable[[str], None]
 RANDOM_SEED = 0
 MODEL_FILE = "model.onnx"
 # What an export holds besides the graph; bumped when that changes, so older exports are rebuilt, not reused
-# (2: metadata_props with recipe, preprocessing and weights; no intermediate value_info in dynamic-batch exports).
-EXPORT_FORMAT = 2
+# (2: metadata_props with recipe, preprocessing and weights; no intermediate value_info in dynamic-batch exports;
+# 3: the input and output contracts in metadata_props, effexport.input / effexport.output).
+EXPORT_FORMAT = 3
 REPORT_FILE = "report.json"
 # What preprocess_images (inputs.py) does besides the recipe's numbers: a file read without effexport must say it too.
 INPUT_CONVENTION = {"resize_side": "short", "crop": "center", "channel_order": "RGB", "input_range": (0, 1),
@@ -88,7 +89,7 @@ class OnnxResult:
 
 def tool_versions() -> dict[str, str]:
     versions = {"effexport": __version__, "python": platform.python_version()}
-    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy"):
+    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -209,7 +210,7 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     recipe, options = job.recipe, job.export
-    onnx_stage.check_opset(options.opset)
+    onnx_stage.check_opset(options.opset, options.exporter)
     tolerance = job.tolerance("fp32")
     dest = onnx_folder(job)
     identity = export_identity(job)
@@ -234,7 +235,7 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         "macs": prepared.macs,
         "preprocessing": {**prepared.preprocess.to_dict(), **INPUT_CONVENTION},
         "opset": options.opset,
-        "exporter": "torch.onnx TorchScript exporter (dynamo=False)",
+        "exporter": options.exporter,  # the path asked (resolved); the record below says which ran
         "batch": "dynamic" if options.dynamic_batch else options.batch,
         "simplified": options.simplify,
         "rewrites": [asdict(r) for r in prepared.rewrites],
@@ -250,8 +251,10 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         raw = staging.path / "raw" / MODEL_FILE
         raw.parent.mkdir()
         say(f"exporting ONNX (opset {options.opset})")
-        onnx_stage.export_onnx(prepared.model, sample, raw, options.opset, options.dynamic_batch,
-                               output_name=options.graph_io.output_name)
+        record = onnx_stage.export_onnx(prepared.model, sample, raw, options.opset, options.dynamic_batch,
+                                        exporter=options.exporter, output_name=options.graph_io.output_name)
+        report["exporter"] = record.exporter  # "torchscript", "dynamo" or "dynamo+converted-from-18"
+        report["exporter_warnings"] = list(record.warnings)
         del prepared.model
         model = onnx_stage.load_onnx(raw)
         if onnx_stage.model_opset(model) != options.opset:
@@ -308,6 +311,7 @@ def onnx_metadata(report: dict) -> dict[str, str]:
         "effexport.preprocessing": json.dumps(report["preprocessing"], separators=(",", ":")),
         "effexport.weights": report["identity"]["weights"],
         "effexport.weights_random": "true" if report["weights"]["source"] == "random" else "false",
+        "effexport.exporter": report["exporter"],
         **{f"effexport.{end}": json.dumps(contract, separators=(",", ":"))
            for end, contract in report.get("graph_io", {}).items()},
     }

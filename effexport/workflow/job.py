@@ -43,6 +43,8 @@ class ExportOptions:
     output: str = "logits"  # logits | softmax | sigmoid (io_spec.GraphIO)
     input: str = "float"  # float | uint8-nchw | uint8-nhwc
     bgr: bool = False
+    # auto | dynamo | torchscript as asked; resolve_job replaces it with the path that will run (exporter/onnx.py)
+    exporter: str = "auto"
 
     def __post_init__(self):
         GraphIO(self.output, self.input, self.bgr)  # refuses a bad combination in one line
@@ -63,6 +65,13 @@ class ExportOptions:
         return {k: v for k, v in asdict(self).items() if k not in IO_DEFAULTS or v != IO_DEFAULTS[k]}
 
     @property
+    def default_exporter(self) -> str:
+        """The path `auto` takes at this opset with the torch installed (imports torch)."""
+        from effexport.exporter.onnx import choose_exporter
+
+        return choose_exporter(self.opset, "auto")
+
+    @property
     def batch_tag(self) -> str:
         return "dynamic" if self.dynamic_batch else f"b{self.batch}"
 
@@ -75,6 +84,8 @@ class ExportOptions:
             parts.append(f"opset{self.opset}")
         if not self.simplify:
             parts.append("nosimplify")
+        if self.exporter not in ("auto", self.default_exporter):
+            parts.append(self.exporter)  # asked for a path other than the one auto takes at this opset
         parts += self.graph_io.tags
         return "".join(f"-{p}" for p in parts)
 
@@ -165,9 +176,10 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
     recipe = configure(get_recipe(name), params, img_size=export.img_size)
     if weights is not None:
         recipe = weights_preprocess(recipe, weights, export.img_size)
-    from effexport.exporter.onnx import check_opset  # imports torch: only once the recipe is known
+    from effexport.exporter.onnx import check_opset, choose_exporter  # imports torch: once the recipe is known
 
-    check_opset(export.opset)
+    check_opset(export.opset, export.exporter)
+    export = replace(export, exporter=choose_exporter(export.opset, export.exporter))
     check_output_root(Path(out))
     return Job(name, recipe, params, spec, export, calibration, Path(images) if images else None, dict(parsed),
                Path(out), force)
