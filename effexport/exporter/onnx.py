@@ -58,8 +58,7 @@ import onnx
 import torch
 from torch import nn
 
-from effexport.backends import require
-from effexport.errors import ExportError, UsageError
+from effexport.errors import ExportError, UsageError, require
 
 log = logging.getLogger(__name__)
 
