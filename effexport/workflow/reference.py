@@ -46,7 +46,7 @@ def cached_reference(job: Job, onnx_result: OnnxResult, path: Path, inputs_key: 
         return cached
     inputs, described = make_inputs()
     say(f"running the PyTorch FP32 reference on {len(inputs)} inputs")
-    model, _ = build_model(job.recipe, job.weights)
+    model, _ = build_model(job.recipe, job.weights, job.num_classes)
     reference = Reference(inputs, run_torch(model, inputs), described)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), inputs=reference.inputs, outputs=reference.outputs,
