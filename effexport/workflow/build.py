@@ -35,6 +35,7 @@ from effexport.calibration.options import METHODS, Int8Options
 from effexport.errors import EffexportError, ExportError, MissingDependencyError, ParityError, UsageError
 from effexport.exporter.artifacts import sha256_of, write_bytes, write_json
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
+from effexport.exporter.labels import read_labels
 from effexport.recipes import RecipeParams, check_recipe_name
 from effexport.version import __version__
 from effexport.workflow.job import ExportOptions, Job, resolve_job
@@ -54,7 +55,7 @@ Progress = Callable[[str], None]
 # What a build file may say, and where. Anything else is refused with the closest of these names.
 MODEL_KEYS = ("recipe", "weights", "pretrained", "ema", "img_size", "opset", "simplify", "images", "calib",
               "calib_size", "method", "seed", "tolerance", "targets", "tensorrt", "width", "resolution",
-              "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters")
+              "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters", "num_classes", "labels")
 DEFAULT_KEYS = tuple(k for k in MODEL_KEYS if k not in ("recipe", "weights", "pretrained", "ema", "width",
                                                        "resolution", "budget_mflops", "query_table"))
 TOP_KEYS = ("defaults", "models")
@@ -211,6 +212,18 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
             if key not in TENSORRT_KEYS:
                 raise _refuse(path, text, f"unknown TensorRT option {key!r}{_closest(key, TENSORRT_KEYS)}", key,
                               f"{table}.tensorrt" if "tensorrt" in model else "defaults.tensorrt")
+        for key, kind, what in (("num_classes", int, "a positive whole number"), ("labels", str, "a file path")):
+            value = settings.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                      or (kind is int and value < 1)):
+                raise _refuse(path, text, f"[{table}] {key} must be {what}, not {value!r}", key,
+                              table if key in model else "defaults")
+        if settings.get("labels") is not None:
+            try:
+                read_labels(root / settings["labels"], option="labels")
+            except UsageError as exc:
+                raise _refuse(path, text, f"[{table}] {exc}", "labels", table if "labels" in model else "defaults") \
+                    from None
         try:
             job = _job(settings, root, out / name, force)
         except UsageError as exc:
@@ -248,7 +261,7 @@ def _job(s: dict[str, Any], root: Path, out: Path, force: bool) -> Job:
         calibration=Int8Options(source=_relative(root, s.get("calib")), method=s.get("method", "minmax"),
                                 calib_size=s.get("calib_size"), seed=int(s.get("seed", 0))),
         images=_relative(root, s.get("images")), tolerances=[tolerance] if isinstance(tolerance, str) else tolerance,
-        out=out, force=force)
+        out=out, force=force, num_classes=s.get("num_classes"), labels=_relative(root, s.get("labels")))
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -473,6 +486,8 @@ def _entry(target: Target, record: dict[str, Any], out: Path) -> dict[str, Any]:
         "inputs": record["io"].get("inputs", []),
         "outputs": record["io"].get("outputs", []),
         "max_batch": record["max_batch"],
+        "num_classes": record["io"].get("num_classes"),
+        "labels": (record["io"].get("labels") or {}).get("names"),
         "weights": {"source": weights.get("source"), "sha256": weights.get("sha256")},
         "fingerprint": report.get("fingerprint"),
         "options": record["options"],
