@@ -665,6 +665,8 @@ max_batch = 32
 [models.rexnet]               # the name in the manifest; its artifacts go to <out>/rexnet/
 recipe = "rexnet_1.0"
 # weights = "weights/rexnet_1.0.pth"   # without weights: random, and every report says so
+# num_classes = 10                     # default: the checkpoint's classifier decides (a fine-tuned head)
+# labels = "classes.txt"               # one name a line, a JSON list or index -> name; default: ImageNet's for 1000
 
 [models.lite0]
 recipe = "efficientnet_lite0"
