@@ -44,7 +44,8 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
          images: StrPath | None, tolerance: Tolerances, width: float | None, resolution: int | None,
          budget_mflops: float | None, query_table: StrPath | None, out: StrPath, force: bool, batch: int = 1,
          dynamic_batch: bool = False, simplify: bool = True, calib: StrPath | None = None, method: str = "minmax",
-         calib_size: int | None = None, seed: int = 0, openvino: bool | None = None, num_classes: int | None = None,
+         calib_size: int | None = None, seed: int = 0, openvino: bool | None = None, output: str = "logits",
+         input: str = "float", bgr: bool = False, heldout: StrPath | None = None, num_classes: int | None = None,
          labels: StrPath | None = None) -> Job:
     """Every function's inputs, resolved once into a Job and checked before any work (as the CLI's `_job`)."""
     from effexport.calibration.options import Int8Options
@@ -54,11 +55,11 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
     return resolve_job(
         name, weights=_path(weights), pretrained=pretrained, ema=ema,
         export=ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                             simplify=simplify),
+                             simplify=simplify, output=output, input=input, bgr=bgr),
         params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops,
                             query_table=_path(query_table)),
         calibration=Int8Options(source=_path(calib), method=method, calib_size=calib_size, seed=seed,
-                                openvino=openvino),
+                                openvino=openvino, heldout=_path(heldout)),
         images=_path(images), tolerances=tolerance, out=Path(out), force=force, num_classes=num_classes,
         labels=_path(labels))
 

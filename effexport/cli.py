@@ -70,11 +70,23 @@ CalibSizeOption = Annotated[int | None, typer.Option("--calib-size", help="Use a
 ToleranceOption = Annotated[list[str] | None, typer.Option(
     "--tolerance", help="Override, e.g. int8:min_top1=0.9 or fp16:min_cosine=0.9995 (repeatable).")]
 
+# What the graph takes and returns (effexport/exporter/io_spec.py); part of every artifact's folder name.
+OutputKindOption = Annotated[str, typer.Option(
+    "--output", help="What the graph returns: logits (as trained), softmax, or sigmoid (multi-label heads, judged by "
+                     "label-set agreement at 0.5).")]
+InputKindOption = Annotated[str, typer.Option(
+    "--input", help="What the graph takes: float (the recipe's normalized NCHW), uint8-nchw or uint8-nhwc (the "
+                    "decoded, resized and center-cropped image as bytes; scaling and mean/std are in the graph).")]
+BgrOption = Annotated[bool, typer.Option("--bgr", help="Raw input is BGR (OpenCV-decoded), not RGB.")]
+HeldoutOption = Annotated[Path | None, typer.Option(
+    "--heldout", help="Photographs the INT8 gate judges on (none may be in the calibration set, by content).")]
+
 
 def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None, opset=17, batch=1,
          dynamic_batch=False, simplify=True, images=None, tolerance=None, calib=None, method="minmax", calib_size=None,
          seed=0, openvino=None, width=None, resolution=None, budget_mflops=None, query_table=None, force=False,
-         out=Path("effexport-out"), num_classes=None, labels=None):
+         out=Path("effexport-out"), output="logits", input_kind="float", bgr=False, heldout=None, num_classes=None,
+         labels=None):
     """Every command's inputs, resolved once into a Job (effexport.workflow.job) and checked before any work."""
     from effexport.calibration.options import Int8Options
     from effexport.recipes import RecipeParams
@@ -83,10 +95,12 @@ def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None,
     return resolve_job(
         name, weights=weights, pretrained=pretrained, ema=ema,
         export=ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, img_size=img_size,
-                             simplify=simplify),
+                             simplify=simplify, output=output, input=input_kind, bgr=bgr),
         params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table),
-        calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino),
-        images=images, tolerances=tolerance or [], out=out, force=force, num_classes=num_classes, labels=labels)
+        calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
+                                heldout=heldout),
+        images=images, tolerances=tolerance or [], out=out, force=force,
+        num_classes=num_classes, labels=labels)
 
 
 @app.callback()
@@ -153,6 +167,10 @@ def onnx_cmd(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity check.")] = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
     num_classes: NumClassesOption = None,
     labels: LabelsOption = None,
@@ -174,7 +192,7 @@ def onnx_cmd(
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                method=method, calib_size=calib_size, width=width, resolution=resolution, budget_mflops=budget_mflops,
                query_table=query_table, force=force, out=out,
-               num_classes=num_classes, labels=labels)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels)
     from effexport.workflow.export import export_recipe
 
     with printers.status(f"exporting {name}") as progress:
@@ -225,6 +243,10 @@ def openvino_cmd(
     device: Annotated[str, typer.Option(help="OpenVINO device for the parity check.")] = "CPU",
     images: ImagesOption = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
@@ -245,7 +267,7 @@ def openvino_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
-               num_classes=num_classes, labels=labels)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.deploy import deploy
 
@@ -287,6 +309,10 @@ def trt_cmd(
     calib_size: CalibSizeOption = None,
     images: ImagesOption = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = False,
     ema: EmaOption = False,
@@ -313,7 +339,7 @@ def trt_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
-               num_classes=num_classes, labels=labels)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels)
     from effexport.workflow.deploy import deploy
 
     with printers.status(f"building TensorRT {precision} for {name}") as progress:  # no TensorRT: one line, first
@@ -335,6 +361,10 @@ def verify_cmd(
                                                 "runs its own INT8 form of one calibration).")] = "fp32",
     images: ImagesOption = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     calib: CalibOption = None,
     method: MethodOption = "minmax",
     calib_size: CalibSizeOption = None,
@@ -362,7 +392,7 @@ def verify_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               num_classes=num_classes, labels=labels)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
 
@@ -388,6 +418,10 @@ def bench_cmd(
     max_warmup: Annotated[int, typer.Option(help="Most warm-up runs (warm-up ends earlier once stable).")] = 100,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png (matplotlib).")] = True,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     calib: CalibOption = None,
     method: MethodOption = "minmax",
     calib_size: CalibSizeOption = None,
@@ -420,7 +454,7 @@ def bench_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               num_classes=num_classes, labels=labels)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels)
     check_backends(chosen)
     with printers.bench_progress(f"preparing {name}") as (stage, timed):
         result = bench_recipe(job, chosen, batches, precisions, threads, config, chart=chart, progress=stage,
@@ -449,6 +483,10 @@ def calibrate(
     opset: OpsetOption = BACKEND_OPSET,
     images: Annotated[Path | None, typer.Option(help="Folder of photos for the parity checks.")] = None,
     tolerance: ToleranceOption = None,
+    output: OutputKindOption = "logits",
+    input_kind: InputKindOption = "float",
+    bgr: BgrOption = False,
+    heldout: HeldoutOption = None,
     force: Annotated[bool, typer.Option("--force", help="Calibrate and quantize again even if nothing changed.")]
     = False,
     width: WidthOption = None,
@@ -465,7 +503,7 @@ def calibrate(
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force,
                out=out,
-               num_classes=num_classes, labels=labels)
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels)
     _calibrate(job)
 
 

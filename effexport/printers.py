@@ -85,7 +85,7 @@ def print_export(result) -> None:
     console.print(f"parity vs PyTorch FP32 in ONNX Runtime: [green]passed[/] - max abs {parity['max_abs']:.2e}, "
                   f"rel {parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 "
                   f"{parity['top1_agreement']:.0%}, top-5 {parity['top5_agreement']:.0%} "
-                  f"over {parity['samples']} inputs")
+                  f"over {parity['samples']} inputs{_rule_note(parity)}")
     if "num_classes" in report:
         labels = report.get("labels")
         named = f"{labels['count']} from {labels['source']}" if labels else "none (pass --labels FILE)"
@@ -109,7 +109,8 @@ def print_artifact(artifact) -> None:
     console.print(f"parity vs PyTorch FP32: {verdict} - max abs {parity['max_abs']:.2e}, rel "
                   f"{parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 {parity['top1_agreement']:.0%},"
                   f" top-5 {parity['top5_agreement']:.0%} over {parity['samples']} inputs: "
-                  f"{escape(parity['inputs'])} (tolerance: {_describe_tolerance(parity['tolerance'])})")
+                  f"{escape(parity['inputs'])}{_rule_note(parity)} (tolerance: "
+                  f"{_describe_tolerance(parity['tolerance'])})")
     if parity.get("enforced") is False:
         err.print(f"[bold red]{parity['note']}[/]", highlight=False)
     console.print(f"report: {artifact.folder / 'report.json'}", markup=False)
@@ -130,6 +131,14 @@ def print_int8_source(result, form: str | None = None) -> None:
     if data["skipped"]:
         names = ", ".join(s["file"] for s in data["skipped"])
         err.print(f"[yellow]skipped {len(data['skipped'])} unreadable file(s):[/] {names}")
+
+
+def _rule_note(parity: dict) -> str:
+    """What judged a multi-label head: its label sets at 0.5 (top-k outputs say nothing more)."""
+    if parity.get("rule", "top-k") == "top-k":
+        return ""
+    return (f"; judged by {parity['rule']}: same label set {parity['label_set_agreement']:.1%}, mean Jaccard "
+            f"{parity['mean_jaccard']:.4f}, max probability error {parity['max_abs']:.2e}")
 
 
 def _describe_tolerance(tol) -> str:
@@ -166,6 +175,9 @@ def print_verify(result) -> None:
     console.print(table)
     used = dict.fromkeys(r.precision for r in compared)
     console.print("tolerance: " + "; ".join(f"{p} {_describe_tolerance(result.policy[p])}" for p in used), markup=False)
+    for r in compared:
+        if (r.parity or {}).get("rule", "top-k") != "top-k":
+            console.print(f"{r.backend} {r.precision}{_rule_note(r.parity)}", markup=False)
     if len(groups) > 1:
         for inputs, precisions in groups.items():
             console.print(f"{', '.join(precisions)} compared over {inputs}", highlight=False, markup=False)

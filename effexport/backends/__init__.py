@@ -119,9 +119,10 @@ def probe_all() -> list[Availability]:
 
 def run_in_batches(infer: Callable[[np.ndarray], np.ndarray], x: np.ndarray, max_batch: int | None,
                    min_batch: int | None = None) -> np.ndarray:
-    """Run `infer` on float32 `x`, in chunks of at most `max_batch`; a chunk below `min_batch` is padded by
-    repeating its last sample and the padding's outputs are dropped (engines with a fixed or bounded batch)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """Run `infer` on float32 `x` (uint8 stays uint8: a raw-pixel graph), in chunks of at most `max_batch`; a chunk
+    below `min_batch` is padded by repeating its last sample and the padding's outputs are dropped (engines with a
+    fixed or bounded batch)."""
+    x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)
     low = min_batch or 1
     if max_batch is None or low <= len(x) <= max_batch:
         return infer(x)

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from effexport.errors import MissingDependencyError, UsageError
-from effexport.exporter.inputs import BUILTIN_DIR, image_files, preprocess_images, read_images
+from effexport.exporter.inputs import BUILTIN_DIR, IMAGE_SUFFIXES, image_files, preprocess_images, read_images
 from effexport.recipes import Preprocess
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,41 @@ def _views(paths: list[Path], pp: Preprocess, heldout: bool) -> tuple[np.ndarray
     return preprocess_images(views, pp), names, len(found.images)
 
 
-def int8_parity_inputs(pp: Preprocess, images: Path | None, calibration: dict) -> ParitySet:
+NOT_IMAGENET_NOTE = ("the head has {classes} classes, not ImageNet's 1000, and no --heldout photographs were given: "
+                     "INT8 was judged only as FP32-vs-INT8 agreement on generic photographs, which says little about "
+                     "your classes; pass --calib DIR and --heldout DIR with photographs of what the model classifies")
+
+
+def check_heldout(heldout: Path, calibration_source: Path | None) -> None:
+    """Refuse a --heldout folder that is not a folder of images, or that shares a photograph (by content) with the
+    calibration set (the built-in photographs when `calibration_source` is None), naming the files."""
+    from effexport.calibration.data import builtin_files
+
+    heldout = Path(heldout)
+    if not heldout.is_dir():
+        raise UsageError(f"--heldout {heldout} is not a folder; it takes a folder of photographs")
+    files = image_files(heldout)
+    if not files:
+        raise UsageError(f"--heldout {heldout} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if calibration_source is None:
+        calibration, where = builtin_files(), "the built-in calibration photographs"
+    elif Path(calibration_source).is_dir():
+        calibration, where = image_files(Path(calibration_source)), f"--calib {calibration_source}"
+    else:
+        return  # preprocessed arrays: no photograph to compare by content
+    by_sha = {_sha256(p): p for p in calibration}
+    shared = [(p, by_sha[sha]) for p in files if (sha := _sha256(p)) in by_sha]
+    if shared:
+        named = "; ".join(f"{p.relative_to(heldout)} = {c.name}" for p, c in shared[:10])
+        more = f" and {len(shared) - 10} more" if len(shared) > 10 else ""
+        raise UsageError(f"--heldout {heldout} shares {len(shared)} photograph(s) with {where} (same content): "
+                         f"{named}{more}; INT8 must be judged on photographs calibration never saw")
+
+
+def int8_parity_inputs(pp: Preprocess, images: Path | None, calibration: dict,
+                       heldout: Path | None = None) -> ParitySet:
     """Real photographs that calibration did not see, for judging INT8 against FP32. In order of preference: the
+    user's `heldout` photographs (refused before any work if they overlap calibration, check_heldout); the
     user's `images` (files also used for calibration are left out); the shipped held-out photographs (3 views each);
     the built-in photographs (6 views each), when calibration used the held-out ones. If calibration saw all of
     these, the views of the calibration photographs themselves are used, and the description says so.
@@ -144,6 +177,17 @@ def int8_parity_inputs(pp: Preprocess, images: Path | None, calibration: dict) -
     Synthetic pictures are never used here: a trained model is unsure on them, and INT8 noise flips near-ties.
     """
     shas = {f["sha256"] for f in calibration.get("files", [])}
+    if heldout is not None:
+        files = image_files(heldout)
+        shared = [p.name for p in files if _sha256(p) in shas]
+        if shared:  # check_heldout refused this before any work, unless the files changed since
+            raise UsageError(f"--heldout {heldout} shares photographs with the calibration set: {', '.join(shared)}")
+        found = read_images(files[:MAX_USER_IMAGES], Path(heldout))
+        if not found.images:
+            raise UsageError(f"no readable image in --heldout {heldout}")
+        what = f"{len(found.images)} held-out photographs from {heldout} (none used for calibration)"
+        return ParitySet(preprocess_images(found.images, pp), what, "user-heldout", True, found.names,
+                         len(found.images))
     if images is not None:
         files = image_files(images)
         kept, dropped = _not_calibrated(files[:MAX_USER_IMAGES], shas)

@@ -33,7 +33,7 @@ import onnx
 from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
 from effexport.calibration import qdq, sensitivity
 from effexport.calibration.data import CalibrationData, load_calibration
-from effexport.calibration.heldout import heldout_digest, int8_parity_inputs
+from effexport.calibration.heldout import NOT_IMAGENET_NOTE, heldout_digest, int8_parity_inputs
 from effexport.calibration.nncf_ov import NNCF_BIN, NNCF_XML, nncf_available, quantize_openvino
 from effexport.calibration.options import Int8Options
 from effexport.errors import ExportError, ParityError, UsageError
@@ -45,6 +45,7 @@ from effexport.exporter.artifacts import (
     write_json,
 )
 from effexport.exporter.inputs import images_key
+from effexport.exporter.io_spec import GraphIO
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck, tolerance_for
 from effexport.exporter.timing import BenchConfig, measure
 from effexport.recipes import Preprocess, Recipe
@@ -137,7 +138,7 @@ def run_model(path: Path, inputs: np.ndarray) -> np.ndarray:
 def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options, dest: Path, cache_dir: Path, *,
                 tolerance: Tolerance | None = None, random_weights: bool = False, images: Path | None = None,
                 enforce: Collection[str] | None = None, force: bool = False, time_forms: bool = True,
-                progress: Progress | None = None) -> Int8Result:
+                progress: Progress | None = None, graph_io: GraphIO | None = None) -> Int8Result:
     """INT8 forms of the verified FP32 `fp32` (model.onnx) into `dest`, from one calibration on `options.source`
     whose tensor ranges are cached in `cache_dir`; reuses the cache and unchanged forms.
 
@@ -153,6 +154,8 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
     tolerance = tolerance or tolerance_for("int8")
     say("reading calibration data")
     data = load_calibration(options.source, pp, options.calib_size, options.seed, options.views)
+    graph_io = graph_io or GraphIO()
+    data.inputs = graph_io.encode(data.inputs, pp)  # what the graph takes: uint8 crops for a raw-pixel input
     model_sha = sha256_of(fp32)
     key = cache_key(model_sha, data, options)
     cache = Path(cache_dir) / f"{options.method}-{key}.json"
@@ -160,12 +163,15 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
     rules = qdq.keep_float_rules(recipe)
     cpu = qdq.cpu_int8_choice()
     fingerprint = _fingerprint(key, want_openvino, rules, options, cpu, images, random_weights)
+    if options.heldout is not None:  # the judging photographs change the verdict, not the forms
+        fingerprint = key_digest({"forms": fingerprint, "heldout": images_key(options.heldout)})
     enforced = set() if random_weights else set(qdq.FORMS) | {OPENVINO_FORM} if enforce is None else set(enforce)
     if not force and (previous := _reusable(dest, fingerprint)) is not None and cache.is_file():
         say("reusing the INT8 artifacts and calibration cache (nothing changed)")
         _recheck(dest, previous, enforced, tolerance)
         return Int8Result(recipe.name, dest, fp32, _files(dest, previous), dest / MANIFEST_FILE, previous, cache,
-                          cache_reused=True, reused=True, warnings=[*data.warnings, *slower_warnings(previous)])
+                          cache_reused=True, reused=True,
+                          warnings=[*data.warnings, *slower_warnings(previous), *_heldout_note(previous)])
 
     fp32_model = onnx.load(str(fp32), load_external_data=False)
     keep_float = qdq.resolve_keep_float(fp32_model, rules)
@@ -198,9 +204,14 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
         manifest["tuning_set"] = {"inputs": len(tuning.inputs), "confident": int(tuning.confident.sum()),
                                   "confident_from": sensitivity.CONFIDENT}
     say("reading the INT8 parity photographs")
-    photos = int8_parity_inputs(pp, images, manifest["data"])
+    photos = int8_parity_inputs(pp, images, manifest["data"], options.heldout)
+    photos.inputs = graph_io.encode(photos.inputs, pp)
     reference = run_model(fp32, photos.inputs)
     manifest["parity_inputs"] = photos.to_dict()
+    manifest["parity_rule"] = tolerance.rule
+    classes = _classes(fp32)
+    if options.heldout is None and classes != IMAGENET_CLASSES:
+        manifest["heldout_note"] = NOT_IMAGENET_NOTE.format(classes=classes)
     manifest["tolerance"] = {k: v for k, v in asdict(tolerance).items() if v is not None}
     with Staging(dest) as staging:
         forms = _build_forms(fp32, staging.path, cache, options, keep_float, data, cpu, want_openvino, say, manifest,
@@ -232,7 +243,7 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
         _remove_stale(dest, want_openvino)
         write_json(dest / MANIFEST_FILE, manifest)
     return Int8Result(recipe.name, dest, fp32, _files(dest, manifest), dest / MANIFEST_FILE, manifest, cache,
-                      cache_reused, warnings=[*data.warnings, *slower_warnings(manifest)])
+                      cache_reused, warnings=[*data.warnings, *slower_warnings(manifest), *_heldout_note(manifest)])
 
 
 def _tuning_set(fp32: Path, inputs: np.ndarray, tolerance: Tolerance) -> sensitivity.TuningSet:
@@ -366,7 +377,10 @@ def form_speed(fp32: Path, folder: Path, forms: dict[str, dict]) -> dict[str, di
 
     timed = {form: get_backend(name) for form, name in TIMED_FORMS.items() if form in forms}
     timed = {form: backend for form, backend in timed.items() if backend.probe().available}
-    x = np.random.default_rng(0).standard_normal(_input_shape(fp32), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    shape = _input_shape(fp32)
+    x = rng.integers(0, 256, shape, dtype=np.uint8) if _input_dtype(fp32) == np.uint8 else \
+        rng.standard_normal(shape, dtype=np.float32)
     speed = {}
     for form, backend in timed.items():
         runtime = backend.load()
@@ -388,6 +402,24 @@ def slower_warnings(manifest: dict) -> list[str]:
             f"{s['backend']} on this CPU ({s['cpu']}): serve FP32 on {s['backend']} here, or time both with "
             f"`effexport bench --precision fp32,int8`"
             for form, s in manifest.get("speed", {}).items() if s["speedup"] < 1.0]
+
+
+IMAGENET_CLASSES = 1000
+
+
+def _classes(fp32: Path) -> int:
+    """The class count of the graph's output (its last dimension)."""
+    model = onnx.load(str(fp32), load_external_data=False)
+    return model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+
+
+def _heldout_note(manifest: dict) -> list[str]:
+    return [manifest["heldout_note"]] if manifest.get("heldout_note") else []
+
+
+def _input_dtype(fp32: Path) -> np.dtype:
+    model = onnx.load(str(fp32), load_external_data=False)
+    return onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
 
 
 def _input_shape(fp32: Path) -> tuple[int, ...]:

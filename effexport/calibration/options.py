@@ -21,6 +21,7 @@ class Int8Options:
     percentile: float = 99.999  # for method "percentile"
     views: bool = True  # calibrate on 12 views of each photograph when there are few (data.SMALL_SET)
     openvino: bool | None = None  # NNCF OpenVINO model: None = when openvino and nncf are installed
+    heldout: Path | None = None  # the photographs INT8 is judged on (none may be in the calibration set)
 
     def __post_init__(self):
         if self.method not in METHODS:

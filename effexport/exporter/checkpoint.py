@@ -1,7 +1,8 @@
 """Load checkpoints safely and strictly, converting the upstream layouts users actually hold.
 
 Safety: `.pth/.pt/.bin` files are read with `torch.load(weights_only=True)`, which refuses any pickled
-object that is not a tensor or a plain container; `.safetensors` files hold tensors only. A refused file is told
+object that is not a tensor or a plain container; `.safetensors` files hold tensors only; PaddlePaddle `.pdparams` files
+go through pdparams.py's unpickler, which admits numpy arrays only. A refused file is told
 apart from a corrupt one: a file that parses as a whole pickle (pickletools reads the opcodes and runs nothing) was
 refused, and the message names the classes it would have imported.
 """
@@ -40,7 +41,8 @@ class LoadedWeights:
     tensors: int
 
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")  # only to list a folder's files
+# only to list a folder's files
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors", ".pdparams")
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError)
 # Globals torch's weights-only loader accepts; listed after the others when naming what a refused pickle holds.
 USUAL_GLOBALS = ("torch._utils.", "collections.OrderedDict", "_codecs.encode")
@@ -51,7 +53,7 @@ def check_weights_path(path: Path) -> Path:
     """Refuse, in one line, a checkpoint path that is missing, a directory, unreadable or empty; returns it as a Path.
 
     Cheap (a stat and a one-byte read), so it can run before anything is built. Any suffix is accepted: the loader
-    reads `.safetensors` as safetensors and everything else with torch.load.
+    reads `.safetensors` as safetensors, `.pdparams` as PaddlePaddle parameters and everything else with torch.load.
     """
     path = Path(path)
     if path.is_dir():
@@ -85,6 +87,10 @@ def read_checkpoint(path: Path) -> object:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if path.suffix == ".pdparams":
+        from effexport.exporter.pdparams import read_pdparams
+
+        return read_pdparams(path).tensors
     with warnings.catch_warnings(record=True) as caught:
         # torch warns that a pickle protocol above 2 may not load; the error raised below says what matters.
         warnings.simplefilter("always")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,25 +17,50 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a photograph becomes the model input: resize the short side, center-crop, scale, normalize."""
+    """How a photograph becomes the model input: resize the short side, center-crop, scale, normalize.
+
+    timm's evaluation transform by default: the short side to floor(crop / crop_pct), antialiased. Weights trained
+    elsewhere carry their framework's transform (PaddleClas: the short side to crop + 32 with bilinear interpolation
+    and no antialiasing), stated by `resize_size`, `antialias` and `origin`; those fields appear in `to_dict` (and so
+    in reports and ONNX metadata) only when they differ from timm's, so timm-preprocessed artifacts keep their bytes.
+    """
 
     crop_size: tuple[int, int]
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize_size: int | None = None  # the short side before the crop; None: floor(crop / crop_pct)
+    antialias: bool = True  # filter when shrinking (PIL, torchvision); cv2's INTER_LINEAR does not
+    origin: str = "timm"  # whose evaluation transform this is
 
     @property
     def resize(self) -> int:
+        if self.resize_size is not None:
+            return self.resize_size
         # floor, as timm's eval transform (the function that makes the parity inputs) does: rounding reported
         # 267 for efficientnet_b1 (240 / 0.9) where the model was verified on 266
         return math.floor(min(self.crop_size) / self.crop_pct)
 
+    @property
+    def timm_transform(self) -> bool:
+        """Whether timm's own eval transform computes this preprocessing."""
+        return self.resize_size is None and self.antialias
+
     def at(self, size: int) -> Preprocess:
-        return Preprocess((size, size), self.crop_pct, self.interpolation, self.mean, self.std)
+        """The same transform at crop `size` (an explicit resize keeps its margin over the crop)."""
+        resize = None if self.resize_size is None else size + self.resize_size - min(self.crop_size)
+        return replace(self, crop_size=(size, size), resize_size=resize)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "resize": self.resize}
+        data = {**asdict(self), "resize": self.resize}
+        for name in ("resize_size", "antialias", "origin"):
+            if data[name] == DEFAULTS[name]:
+                del data[name]
+        return data
+
+
+DEFAULTS = {f.name: f.default for f in fields(Preprocess)}
 
 
 @dataclass(frozen=True)
@@ -47,3 +72,8 @@ class CheckpointLayout:
     convert: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
     # When set, loading this layout into this recipe is refused with this message (wrong variant).
     refuse: str | None = None
+    # A layout told by the file's suffix (PaddleClas `.pdparams`) can say, before the file is read, what its weights
+    # were evaluated with: that preprocessing replaces the recipe's; `native_size_only` refuses another --img-size.
+    suffix: str | None = None
+    preprocess: Preprocess | None = None
+    native_size_only: str | None = None

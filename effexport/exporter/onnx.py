@@ -55,10 +55,11 @@ def model_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int, dynamic_batch: bool,
+                output_name: str = OUTPUT_NAME) -> None:
     """torch -> ONNX at exactly `opset`; writes `path` (and external data files beside it if large)."""
     check_opset(opset)
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings(record=True) as caught:
         # The exporter warns that it is deprecated (the choice is explained above) and about constant-folding
         # limits; the parity check judges the result, so its warnings go to the log instead of the terminal.
@@ -66,7 +67,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int, 
         try:
             with torch.inference_mode(False), torch.no_grad():
                 torch.onnx.export(model, (sample,), str(path), opset_version=opset, dynamo=False,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                                  input_names=[INPUT_NAME], output_names=[output_name], dynamic_axes=dynamic_axes,
                                   do_constant_folding=True)
         except Exception as exc:  # the exporter raises many types; the message is what helps
             raise ExportError(f"torch.onnx could not export at opset {opset}: {type(exc).__name__}: "

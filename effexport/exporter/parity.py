@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from effexport.errors import UsageError
+from effexport.exporter.io_spec import LABEL_SET_RULE, LABEL_THRESHOLD, TOP_K_RULE
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,13 @@ class Tolerance:
     max_rel: float | None = None  # max |a - b| divided by the reference logit range
     min_cosine: float | None = None  # smallest per-sample cosine similarity
     min_top1: float | None = None  # fraction of samples whose top-1 class agrees
+    # the label-set rule (multi-label sigmoid outputs): probabilities compared, labels predicted at >= 0.5
+    max_abs: float | None = None  # max |a - b| of the probabilities
+    min_label_set: float | None = None  # fraction of samples whose predicted label set is identical
+    rule: str = TOP_K_RULE
+
+    def thresholds(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "rule"}
 
     def describe(self) -> str:
         parts = []
@@ -25,6 +33,10 @@ class Tolerance:
             parts.append(f"cosine >= {self.min_cosine:g}")
         if self.min_top1 is not None:
             parts.append(f"top-1 >= {self.min_top1:.0%}")
+        if self.max_abs is not None:
+            parts.append(f"probability error <= {self.max_abs:g}")
+        if self.min_label_set is not None:
+            parts.append(f"same label set >= {self.min_label_set:.0%}")
         return ", ".join(parts)
 
 
@@ -34,16 +46,26 @@ POLICY: dict[str, Tolerance] = {
     "bf16": Tolerance(min_cosine=0.999, min_top1=0.99),
     "int8": Tolerance(min_cosine=0.99, min_top1=0.95),
 }
+# Multi-label heads are judged on what they are for: the probabilities and the set of labels at the 0.5 threshold
+# (top-1 means nothing when several labels are right). FP32 must match to float rounding; a label set may flip only
+# where a probability sits within rounding of 0.5, hence not 100%.
+LABEL_SET_POLICY: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-4, min_label_set=0.9, rule=LABEL_SET_RULE),
+    "fp16": Tolerance(max_abs=5e-3, min_label_set=0.9, rule=LABEL_SET_RULE),
+    "bf16": Tolerance(max_abs=2e-2, min_label_set=0.85, rule=LABEL_SET_RULE),
+    "int8": Tolerance(max_abs=0.1, min_label_set=0.8, rule=LABEL_SET_RULE),
+}
+RULES = {TOP_K_RULE: POLICY, LABEL_SET_RULE: LABEL_SET_POLICY}
 
 
 def tolerance_for(precision: str, *, max_rel: float | None = None, min_cosine: float | None = None,
-                  min_top1: float | None = None) -> Tolerance:
-    """The default policy for `precision`, with any threshold the user overrides."""
+                  min_top1: float | None = None, rule: str = TOP_K_RULE) -> Tolerance:
+    """The default policy of `rule` for `precision`, with any threshold the user overrides."""
     if precision not in POLICY:
         raise UsageError(f"unknown precision {precision!r}; expected one of {', '.join(POLICY)}")
     overrides = {k: v for k, v in dict(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1).items()
                  if v is not None}
-    return replace(POLICY[precision], **overrides)
+    return replace(RULES[rule][precision], **overrides)
 
 
 @dataclass(frozen=True)
@@ -58,14 +80,22 @@ class ParityReport:
     tolerance: Tolerance
     passed: bool
     failures: tuple[str, ...] = ()
+    rule: str = TOP_K_RULE  # which rule judged: top-k, or label-set@0.5 for multi-label heads
+    label_set_agreement: float | None = None  # fraction of samples with the identical label set at 0.5
+    mean_jaccard: float | None = None  # mean intersection-over-union of the label sets (1 where both are empty)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["tolerance"] = {k: v for k, v in asdict(self.tolerance).items() if v is not None}
+        d["tolerance"] = self.tolerance.thresholds()
         d["failures"] = list(self.failures)
+        if self.rule == TOP_K_RULE:
+            del d["label_set_agreement"], d["mean_jaccard"]
         return d
 
     def summary(self) -> str:
+        if self.rule == LABEL_SET_RULE:
+            return (f"{self.rule}: same label set {self.label_set_agreement:.1%}, Jaccard {self.mean_jaccard:.4f}, "
+                    f"max probability error {self.max_abs:.2e} over {self.samples} inputs")
         return (f"max abs {self.max_abs:.2e}, rel {self.max_rel:.2e}, cosine {self.min_cosine:.6f}, "
                 f"top-1 {self.top1_agreement:.1%}, top-5 {self.top5_agreement:.1%} over {self.samples} inputs")
 
@@ -89,8 +119,12 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) 
     top5_cand = np.argsort(-cand, axis=1)[:, :k]
     top5 = float((top5_cand == top1_ref[:, None]).any(axis=1).mean())
 
+    label_set = jaccard = None
+    if tolerance.rule == LABEL_SET_RULE:
+        label_set, jaccard = label_sets(ref, cand)
     failures = [] if finite else ["candidate output has NaN or Inf"]
-    failures += recheck({"max_rel": max_rel, "min_cosine": float(cosine.min()), "top1_agreement": top1}, tolerance)
+    failures += recheck({"max_rel": max_rel, "min_cosine": float(cosine.min()), "top1_agreement": top1,
+                         "max_abs": max_abs, "label_set_agreement": label_set}, tolerance)
     return ParityReport(
         samples=len(ref),
         max_abs=max_abs,
@@ -102,7 +136,20 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) 
         tolerance=tolerance,
         passed=not failures,
         failures=tuple(failures),
+        rule=tolerance.rule,
+        label_set_agreement=label_set,
+        mean_jaccard=jaccard,
     )
+
+
+def label_sets(reference: np.ndarray, candidate: np.ndarray, threshold: float = LABEL_THRESHOLD) -> tuple[float, float]:
+    """Of per-class probabilities: the fraction of samples whose label sets (probability >= threshold) are
+    identical, and the mean Jaccard index of the sets (1 for two empty sets)."""
+    ref, cand = reference >= threshold, candidate >= threshold
+    same = float((ref == cand).all(axis=1).mean())
+    union = (ref | cand).sum(axis=1)
+    jaccard = np.where(union > 0, (ref & cand).sum(axis=1) / np.maximum(union, 1), 1.0)
+    return same, float(jaccard.mean())
 
 
 def recheck(recorded: dict, tolerance: Tolerance) -> list[str]:
@@ -115,6 +162,13 @@ def recheck(recorded: dict, tolerance: Tolerance) -> list[str]:
         failures.append(f"cosine {recorded['min_cosine']:.6f} < {tolerance.min_cosine:g}")
     if tolerance.min_top1 is not None and not recorded["top1_agreement"] >= tolerance.min_top1:
         failures.append(f"top-1 agreement {recorded['top1_agreement']:.1%} < {tolerance.min_top1:.0%}")
+    if tolerance.max_abs is not None and not recorded["max_abs"] <= tolerance.max_abs:
+        failures.append(f"probability error {recorded['max_abs']:.2e} > {tolerance.max_abs:g}")
+    if tolerance.min_label_set is not None:
+        agreed = recorded.get("label_set_agreement")
+        if agreed is None or not agreed >= tolerance.min_label_set:
+            shown = "not measured" if agreed is None else f"{agreed:.1%}"
+            failures.append(f"same label set at {LABEL_THRESHOLD} {shown} < {tolerance.min_label_set:.0%}")
     return failures
 
 
@@ -126,4 +180,5 @@ def looser(a: Tolerance, b: Tolerance) -> Tolerance:
         return None if x is None or y is None else worse(x, y)
 
     return Tolerance(max_rel=pick(a.max_rel, b.max_rel, max), min_cosine=pick(a.min_cosine, b.min_cosine, min),
-                     min_top1=pick(a.min_top1, b.min_top1, min))
+                     min_top1=pick(a.min_top1, b.min_top1, min), max_abs=pick(a.max_abs, b.max_abs, max),
+                     min_label_set=pick(a.min_label_set, b.min_label_set, min), rule=a.rule)

@@ -10,6 +10,10 @@ static padding for the export size (no Shape/Gather arithmetic); BN folding; act
 Checkpoints: timm's layout, and the `efficientnet_pytorch` layout (`_conv_stem`, `_blocks.N._expand_conv`,
 ...), which registers the same layers in the same order. That package always uses TF padding and eps 1e-3,
 so its checkpoints are refused for the symmetric-padding `efficientnet_bN` with a pointer to the right one.
+PaddleClas `.pdparams` (`EfficientNetB0..B7`, `EfficientNetB0_small`) convert by name (see PADDLE_UNITS); the file's
+variant is told by its stem width, block count and head width, so B3 weights given to tf_efficientnet_b0 are refused
+naming B3 and its recipe. Paddle's "SAME" padding is a fixed table for the native input size, equal to TF SAME
+there only, so those weights hold at the recipe's own size.
 
 EfficientNet-B0-small is B0 without squeeze-excitation, as PaddleClas ships it (`EfficientNetB0_small`: its
 "DYNAMIC" padding is PyTorch's symmetric padding, BatchNorm eps 1e-3, swish). timm's builder adds SE to B0 whatever
@@ -18,11 +22,14 @@ it is told, so the network is timm's EfficientNet class built from B0's block ta
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 from torch import nn
 
+from effexport.errors import CheckpointError
 from effexport.exporter.checkpoint import map_by_order
+from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named
 from effexport.exporter.rewrite import GENERIC_REWRITES
 from effexport.recipes import FIRST_CONV, CheckpointLayout, KeepFloat, Preprocess, Recipe, register
 from effexport.recipes._timm import register_timm
@@ -62,12 +69,104 @@ def _layout(refuse_for: str | None = None) -> CheckpointLayout:
     )
 
 
+# PaddleClas (ppcls/arch/backbone/model_zoo/efficientnet.py) names parameters by its layers' attributes: a unit
+# (_ecn expand, _dcn depthwise, _pcn project) holds ConvBNLayer `_conv` = Conv2ds `_conv` (Conv2D `_conv`) + `_bn`.
+# Blocks are numbered flat over the stages and registered as "_blocks.{i}." (a stage's first) or "block.{i}." (the
+# rest): sublayer names ending in a dot, so their keys hold "..".
+PADDLE_UNITS = {  # timm block attribute -> PaddleClas unit, by block kind
+    "ds": {"conv_dw": "_dcn", "bn1": "_dcn", "conv_pw": "_pcn", "bn2": "_pcn"},
+    "ir": {"conv_pw": "_ecn", "bn1": "_ecn", "conv_dw": "_dcn", "bn2": "_dcn", "conv_pwl": "_pcn", "bn3": "_pcn"},
+}
+PADDLE_SE = {"conv_reduce": "_se._conv1", "conv_expand": "_se._conv2"}
+PADDLE_STEM, PADDLE_HEAD = "_ef._conv_stem._conv.", "_conv."  # ConvBNLayers
+PADDLE_BLOCK = re.compile(r"^_ef\.(?:_blocks|block)\.(\d+)\.\.")
+# PaddleClas model: (stem width, blocks, head width, squeeze-excitation), the recipe its weights need
+PADDLE_EFFICIENTNETS = {
+    **{f"EfficientNetB{n}": ((stem, blocks, head, True), f"tf_efficientnet_b{n}") for n, (stem, blocks, head) in
+       enumerate(((32, 16, 1280), (32, 23, 1280), (32, 23, 1408), (40, 26, 1536), (48, 32, 1792), (48, 39, 2048),
+                  (56, 45, 2304), (64, 55, 2560)))},
+    "EfficientNetB0_small": ((32, 16, 1280, False), "efficientnet_b0_small"),
+}
+
+
+def _is_paddle_efficientnet(sd) -> bool:
+    return f"{PADDLE_STEM}_conv._conv.weight" in sd
+
+
+def _paddle_variant(signature: tuple) -> str:
+    named = [name for name, (sig, _) in PADDLE_EFFICIENTNETS.items() if sig == signature]
+    stem, blocks, head, se = signature
+    return named[0] if named else (f"an EfficientNet of stem width {stem}, {blocks} blocks, head width {head}"
+                                   f"{'' if se else ', without squeeze-excitation'}")
+
+
+def _paddle_names(model: nn.Module) -> dict[str, str]:
+    """Our key -> PaddleClas's structured name."""
+    conv_bn = {"conv_stem": f"{PADDLE_STEM}_conv._conv", "bn1": f"{PADDLE_STEM}_bn",
+               "conv_head": f"{PADDLE_HEAD}_conv._conv", "bn2": f"{PADDLE_HEAD}_bn", "classifier": "_fc"}
+    blocks = {}
+    for s, stage in enumerate(model.blocks):
+        for j, block in enumerate(stage):
+            kind = "ir" if hasattr(block, "conv_pwl") else "ds"
+            blocks[f"blocks.{s}.{j}"] = (f"_ef.{'_blocks' if j == 0 else 'block'}.{len(blocks)}..", kind)
+    names = {}
+    for key in model.state_dict():
+        owner, _, param = key.rpartition(".")
+        if param == "num_batches_tracked":  # Paddle keeps no counter; eval never reads it
+            continue
+        if owner in conv_bn:
+            names[key] = f"{conv_bn[owner]}.{BN_PARAMS[param] if owner.startswith('bn') else param}"
+            continue
+        stage, j, attr, *rest = owner.split(".")[1:]
+        prefix, kind = blocks[f"blocks.{stage}.{j}"]
+        if attr == "se":
+            names[key] = f"{prefix}{PADDLE_SE[rest[0]]}._conv.{param}"
+        elif attr.startswith("bn"):
+            names[key] = f"{prefix}{PADDLE_UNITS[kind][attr]}._conv._bn.{BN_PARAMS[param]}"
+        else:
+            names[key] = f"{prefix}{PADDLE_UNITS[kind][attr]}._conv._conv._conv.{param}"
+    return names
+
+
+def _convert_paddle(sd, model: nn.Module, accepts: str | None) -> dict:
+    head = sd.get(f"{PADDLE_HEAD}_conv._conv.weight")
+    found = _paddle_variant((sd[f"{PADDLE_STEM}_conv._conv.weight"].shape[0],
+                             len({m.group(1) for k in sd if (m := PADDLE_BLOCK.match(k))}),
+                             head.shape[0] if head is not None else 0, any("._se." in k for k in sd)))
+    if found != accepts:
+        recipe = PADDLE_EFFICIENTNETS[found][1] if found in PADDLE_EFFICIENTNETS else None
+        this = (f"this recipe takes PaddleClas {accepts}" if accepts else
+                "this recipe has symmetric padding and BatchNorm eps 1e-5, unlike every PaddleClas EfficientNet")
+        raise CheckpointError(f"the weights are PaddleClas {found}; {this}"
+                              + (f": use recipe {recipe}" if recipe else ""))
+    return convert_named(sd, model, _paddle_names(model), transposed=("classifier.weight",),
+                         what=f"PaddleClas {found}")
+
+
+def _paddle_layout(accepts: str | None) -> CheckpointLayout:
+    """PaddleClas EfficientNet `.pdparams`; `accepts`: the PaddleClas model this recipe takes (None: refuse all).
+    Its weights carry PaddleClas's evaluation transform. PaddleClas's EfficientNetB0..B7 pad from a table fixed for
+    the native size (the SAME padding there equals timm's tf_ models, 2.8e-5 of the logit range), so another size
+    computes another model; B0_small pads symmetrically and takes any size."""
+    if accepts is None:
+        return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
+                                convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams")
+    fixed = None if accepts == "EfficientNetB0_small" else (
+        f"PaddleClas's {accepts} computes its SAME padding from a table fixed for its native "
+        f"{PADDLECLAS_EVAL[accepts].crop} px input, so at another size its weights describe another model")
+    return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
+                            convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams",
+                            preprocess=PADDLECLAS_EVAL[accepts].preprocess(accepts), native_size_only=fixed)
+
+
 for _n, _size in SIZES.items():
     register_timm(f"efficientnet_b{_n}", f"efficientnet_b{_n}", family="efficientnet", size=_size,
-                  rewrites=GENERIC_REWRITES, paper=PAPER, layouts=(_layout(f"tf_efficientnet_b{_n}"),),
-                  heavy=_n >= HEAVY_FROM, int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8))
+                  rewrites=GENERIC_REWRITES, paper=PAPER, heavy=_n >= HEAVY_FROM,
+                  layouts=(_layout(f"tf_efficientnet_b{_n}"), _paddle_layout(None)),
+                  int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8))
     register_timm(f"tf_efficientnet_b{_n}", f"tf_efficientnet_b{_n}", family="efficientnet", size=_size,
-                  rewrites=GENERIC_REWRITES, paper=PAPER, layouts=(_layout(),), heavy=_n >= HEAVY_FROM,
+                  rewrites=GENERIC_REWRITES, paper=PAPER, heavy=_n >= HEAVY_FROM,
+                  layouts=(_layout(), _paddle_layout(f"EfficientNetB{_n}")),
                   notes="TF 'SAME' padding made static at the export size",
                   int8_keep_float=(STEM_INT8, FIRST_BLOCK_INT8))
 
@@ -98,7 +197,7 @@ register(Recipe(
     rewrites=GENERIC_REWRITES,
     source="timm EfficientNet, B0's blocks without squeeze-excitation (PaddleClas EfficientNetB0_small)",
     paper=PAPER + "; B0-small from PaddleClas",
-    layouts=(_layout(),),
+    layouts=(_layout(), _paddle_layout("EfficientNetB0_small")),
     pretrained_available=False,
     notes="EfficientNet-B0 without squeeze-excitation, symmetric padding, BatchNorm eps 1e-3 (PaddleClas)",
 ))

@@ -27,6 +27,7 @@ from effexport.backends.openvino import runs_f16
 from effexport.errors import MissingDependencyError, UsageError
 from effexport.exporter.artifacts import write_json
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
+from effexport.exporter.graph_io import wrap
 from effexport.exporter.macs import Int8Share, Peak, achieved_gmacs, int8_share, measure_peaks
 from effexport.exporter.parity import POLICY, compare
 from effexport.exporter.timing import BenchConfig, LatencyStats, LoadWatch, Warmup, measure, speedup
@@ -210,7 +211,8 @@ def parse_batches(text: str) -> list[int]:
 
 def make_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
     """`batch` inputs drawn cyclically from the parity inputs (real and image-like, not noise)."""
-    return np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
+    dtype = np.uint8 if inputs.dtype == np.uint8 else np.float32  # a raw-pixel graph takes uint8
+    return np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=dtype)
 
 
 def machine_info(threads: int, backends: list[str]) -> dict[str, Any]:
@@ -281,7 +283,8 @@ def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: 
     artifacts = {(b, p, n): _artifact_for(ctx, b, p, n, (options or {}).get(b))
                  for b, p in plan if b not in TORCH_BACKENDS for n in batches}
     inputs = ctx.reference().inputs
-    model = build_model(ctx.recipe, ctx.job.weights, ctx.job.num_classes)[0]
+    model = wrap(build_model(ctx.recipe, ctx.job.weights, ctx.job.num_classes)[0], ctx.job.export.graph_io,
+                 ctx.preprocess)
     macs = ctx.onnx.report.get("macs")
     if progress:
         progress("measuring this machine's peak MAC rates")

@@ -35,6 +35,7 @@ from effexport.calibration.options import METHODS, Int8Options
 from effexport.errors import EffexportError, ExportError, MissingDependencyError, ParityError, UsageError
 from effexport.exporter.artifacts import sha256_of, write_bytes, write_json
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
+from effexport.exporter.io_spec import INPUTS, OUTPUTS
 from effexport.exporter.labels import read_labels
 from effexport.recipes import RecipeParams, check_recipe_name
 from effexport.version import __version__
@@ -55,7 +56,8 @@ Progress = Callable[[str], None]
 # What a build file may say, and where. Anything else is refused with the closest of these names.
 MODEL_KEYS = ("recipe", "weights", "pretrained", "ema", "img_size", "opset", "simplify", "images", "calib",
               "calib_size", "method", "seed", "tolerance", "targets", "tensorrt", "width", "resolution",
-              "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters", "num_classes", "labels")
+              "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters", "output", "input", "bgr",
+              "heldout", "num_classes", "labels")
 DEFAULT_KEYS = tuple(k for k in MODEL_KEYS if k not in ("recipe", "weights", "pretrained", "ema", "width",
                                                        "resolution", "budget_mflops", "query_table"))
 TOP_KEYS = ("defaults", "models")
@@ -212,6 +214,10 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
             if key not in TENSORRT_KEYS:
                 raise _refuse(path, text, f"unknown TensorRT option {key!r}{_closest(key, TENSORRT_KEYS)}", key,
                               f"{table}.tensorrt" if "tensorrt" in model else "defaults.tensorrt")
+        for key, allowed in (("output", OUTPUTS), ("input", INPUTS)):
+            if key in settings and settings[key] not in allowed:
+                raise _refuse(path, text, f"[{table}] {key} = {settings[key]!r}: expected one of {', '.join(allowed)}",
+                              key, table if key in model else "defaults")
         for key, kind, what in (("num_classes", int, "a positive whole number"), ("labels", str, "a file path")):
             value = settings.get(key)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
@@ -255,11 +261,13 @@ def _job(s: dict[str, Any], root: Path, out: Path, force: bool) -> Job:
         s["recipe"], weights=_relative(root, s.get("weights")), pretrained=bool(s.get("pretrained", False)),
         ema=bool(s.get("ema", False)),
         export=ExportOptions(opset=int(s.get("opset", 17)), img_size=s.get("img_size"),
-                             simplify=bool(s.get("simplify", True))),
+                             simplify=bool(s.get("simplify", True)), output=s.get("output", "logits"),
+                             input=s.get("input", "float"), bgr=bool(s.get("bgr", False))),
         params=RecipeParams(width=s.get("width"), resolution=s.get("resolution"),
                             budget_mflops=s.get("budget_mflops"), query_table=_relative(root, s.get("query_table"))),
         calibration=Int8Options(source=_relative(root, s.get("calib")), method=s.get("method", "minmax"),
-                                calib_size=s.get("calib_size"), seed=int(s.get("seed", 0))),
+                                calib_size=s.get("calib_size"), seed=int(s.get("seed", 0)),
+                                heldout=_relative(root, s.get("heldout"))),
         images=_relative(root, s.get("images")), tolerances=[tolerance] if isinstance(tolerance, str) else tolerance,
         out=out, force=force, num_classes=s.get("num_classes"), labels=_relative(root, s.get("labels")))
 
@@ -654,6 +662,9 @@ opset = 17
 # images = "photos"           # your photographs for the parity checks (default: the built-in ones)
 # calib = "calibration"       # INT8 calibration images (a folder or a .npy/.npz); default: the built-in photographs
 # calib_size = 300            # a seeded sample of the calibration images
+# heldout = "heldout"         # photographs the INT8 gate judges on (none may be in the calibration set)
+# output = "logits"           # logits | softmax | sigmoid (multi-label heads, judged by label-set agreement)
+# input = "float"             # float | uint8-nchw | uint8-nhwc (raw pixels; bgr = true for OpenCV-decoded images)
 method = "minmax"             # minmax | entropy | percentile
 # tolerance = ["int8:min_top1=0.9"]   # as --tolerance: PRECISION:KEY=VALUE
 

@@ -121,7 +121,8 @@ class Context:
         kind = "int8" if precision == "int8" else "parity"
         if kind not in self._references:
             if kind == "int8":
-                photos = int8_parity_inputs(self.preprocess, self.job.images, self.int8_build().manifest["data"])
+                photos = int8_parity_inputs(self.preprocess, self.job.images, self.int8_build().manifest["data"],
+                                            self.job.calibration.heldout)
                 digest = hashlib.sha256(photos.inputs.tobytes()).hexdigest()[:16]
                 self._references[kind] = cached_reference(self.job, self.onnx, self.int8_folder / INT8_REFERENCE_FILE,
                                                           digest, lambda: (photos.inputs, photos.description),
@@ -139,7 +140,8 @@ class Context:
                 self._int8_result = ensure_int8(
                     self.recipe, self.onnx.path, self.preprocess, self.job.calibration, self.int8_folder,
                     self.folder / CACHE_DIR, tolerance=self.job.tolerance("int8"), random_weights=self.random_weights,
-                    images=self.job.images, enforce=enforce, force=self.job.force, progress=self.progress)
+                    images=self.job.images, enforce=enforce, force=self.job.force, progress=self.progress,
+                    graph_io=self.job.export.graph_io)
         return self._int8_result
 
 

@@ -44,6 +44,7 @@ from effexport.exporter.checkpoint import (
     randomize_batchnorm,
     read_state_dict,
 )
+from effexport.exporter.graph_io import wrap
 from effexport.exporter.inputs import IMAGE_SUFFIXES, parity_inputs
 from effexport.exporter.labels import IMAGENET_CLASSES, Labels, check_count, imagenet_labels
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck
@@ -179,14 +180,19 @@ def prepare(job: Job, progress: Progress | None = None) -> PreparedModel:
     model, winfo = build_model(recipe, job.weights, job.num_classes)
     pp = job.preprocess
     inputs, described = parity_inputs(pp, images_dir=job.images)
+    io = job.export.graph_io
+    # The reference is the model as built composed with the same graph ends, fed the same photographs as the
+    # graph will be (uint8 crops for raw input): the comparison runs end to end.
+    graph_inputs = io.encode(inputs, pp)
     say("running the PyTorch reference")
-    reference = run_torch(model, inputs)
+    reference = run_torch(wrap(model, io, pp), graph_inputs)
     labels = model_labels(job, reference.shape[1])
     params = count_params(model)
     macs = count_macs(model, (3, *pp.crop_size))
     say("applying deploy rewrites")
     model, records = apply_rewrites(model, recipe.rewrites, torch.from_numpy(inputs[:2]))
-    return PreparedModel(recipe, model, pp, winfo, records, params, macs, inputs, described, reference, labels)
+    return PreparedModel(recipe, wrap(model, io, pp), pp, winfo, records, params, macs, graph_inputs, described,
+                         reference, labels)
 
 
 def model_labels(job: Job, num_classes: int) -> Labels | None:
@@ -210,7 +216,7 @@ def export_identity(job: Job) -> dict:
     recipe = job.recipe
     key = {"format": EXPORT_FORMAT, "recipe": recipe.name, "configuration": dict(recipe.configuration),
            "weights": weights_identity(job.weights, recipe), "num_classes": job.num_classes,
-           "labels": job.labels.digest() if job.labels is not None else None, "export": asdict(job.export),
+           "labels": job.labels.digest() if job.labels is not None else None, "export": job.export.identity(),
            "parity_images": content_digest(job.images, IMAGE_SUFFIXES), "versions": tool_versions()}
     if recipe.finalize is not None:  # calibration images change the FP32 model only through a recipe's finalize step
         key["calibration_data"] = content_digest(job.calibration.source)
@@ -274,7 +280,7 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         **({"configuration": dict(recipe.configuration)} if recipe.configuration else {}),
         "weights": prepared.weights,
         "num_classes": prepared.num_classes,
-        "in_chans": int(prepared.inputs.shape[1]),
+        "in_chans": recipe.input_size[0],
         "labels": prepared.labels.record() if prepared.labels is not None else None,
         "params": prepared.params,
         "macs": prepared.macs,
@@ -285,6 +291,8 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         "simplified": options.simplify,
         "rewrites": [asdict(r) for r in prepared.rewrites],
         "parity_inputs": prepared.inputs_description,
+        "graph_io": {"input": options.graph_io.client_contract(prepared.preprocess),
+                     "output": options.graph_io.output_contract()},
         "versions": tool_versions(),
         "identity": identity,
         "fingerprint": fingerprint,
@@ -294,7 +302,8 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         raw = staging.path / "raw" / MODEL_FILE
         raw.parent.mkdir()
         say(f"exporting ONNX (opset {options.opset})")
-        onnx_stage.export_onnx(prepared.model, sample, raw, options.opset, options.dynamic_batch)
+        onnx_stage.export_onnx(prepared.model, sample, raw, options.opset, options.dynamic_batch,
+                               output_name=options.graph_io.output_name)
         del prepared.model
         model = onnx_stage.load_onnx(raw)
         if onnx_stage.model_opset(model) != options.opset:
@@ -317,6 +326,8 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         model = onnx.load(str(staging.path / MODEL_FILE), load_external_data=False)
         graph = onnx_stage.check_graph(model, static_shape=not options.dynamic_batch)
         report.update(onnx_stage.io_spec(model))
+        if options.graph_io.raw:  # Triton's `format` of an image input (layouts.py)
+            report["inputs"][0]["format"] = options.graph_io.layout
         report["node_counts"] = graph.node_counts
         report["graph_problems"] = list(graph.problems)
         say("verifying parity in ONNX Runtime")
@@ -351,6 +362,8 @@ def onnx_metadata(report: dict, labels: Labels | None = None) -> dict[str, str]:
         "effexport.weights_random": "true" if report["weights"]["source"] == "random" else "false",
         "effexport.num_classes": str(report["num_classes"]),
         **({"effexport.labels": json.dumps(list(labels.names), ensure_ascii=False)} if labels is not None else {}),
+        **{f"effexport.{end}": json.dumps(contract, separators=(",", ":"))
+           for end, contract in report.get("graph_io", {}).items()},
     }
 
 

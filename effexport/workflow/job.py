@@ -16,18 +16,20 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from effexport.calibration.options import Int8Options
 from effexport.errors import UsageError
 from effexport.exporter.artifacts import DEFAULT_OUT, recipe_dir
+from effexport.exporter.io_spec import TOP_K_RULE, GraphIO
 from effexport.exporter.labels import Labels, check_count, read_labels
 from effexport.exporter.parity import POLICY, Tolerance, looser, tolerance_for
 from effexport.recipes import Preprocess, Recipe, RecipeParams, check_recipe_name, configure, get_recipe
 
 DEFAULT_OPSET = 17  # effexport.exporter.onnx.DEFAULT_OPSET, without importing torch here
-TOLERANCE_KEYS = ("max_rel", "min_cosine", "min_top1")
+TOLERANCE_KEYS = ("max_rel", "min_cosine", "min_top1", "max_abs", "min_label_set")
+IO_DEFAULTS = {"output": "logits", "input": "float", "bgr": False}
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,27 @@ class ExportOptions:
     dynamic_batch: bool = False
     img_size: int | None = None
     simplify: bool = True
+    output: str = "logits"  # logits | softmax | sigmoid (io_spec.GraphIO)
+    input: str = "float"  # float | uint8-nchw | uint8-nhwc
+    bgr: bool = False
 
     def __post_init__(self):
+        GraphIO(self.output, self.input, self.bgr)  # refuses a bad combination in one line
         if self.batch < 1:
             raise UsageError(f"--batch must be at least 1, got {self.batch}")
         if self.dynamic_batch and self.batch != 1:
             raise UsageError("--batch and --dynamic-batch exclude each other")
         if self.img_size is not None and self.img_size < 32:
             raise UsageError(f"--img-size must be at least 32, got {self.img_size}")
+
+    @property
+    def graph_io(self) -> GraphIO:
+        return GraphIO(self.output, self.input, self.bgr)
+
+    def identity(self) -> dict:
+        """The options as the export identity records them; the graph's ends only when not the defaults, so exports
+        made before they existed keep their identity."""
+        return {k: v for k, v in asdict(self).items() if k not in IO_DEFAULTS or v != IO_DEFAULTS[k]}
 
     @property
     def batch_tag(self) -> str:
@@ -61,6 +76,7 @@ class ExportOptions:
             parts.append(f"opset{self.opset}")
         if not self.simplify:
             parts.append("nosimplify")
+        parts += self.graph_io.tags
         return "".join(f"-{p}" for p in parts)
 
 
@@ -109,13 +125,13 @@ class Job:
         return self.export.variant(self.recipe.preprocess.crop_size[0])
 
     def tolerance(self, precision: str) -> Tolerance:
-        return self.tolerances.get(precision) or tolerance_for(precision)
+        return self.tolerances.get(precision) or tolerance_for(precision, rule=self.export.graph_io.rule)
 
     def for_backends(self) -> Job:
         """The same job on the dynamic-batch export every backend artifact is built from. That export is built
         under the looser of the user's FP32 tolerance and the default: it is the source, not the thing judged
         (verify's onnxruntime fp32 row judges it under the user's)."""
-        fp32 = looser(self.tolerance("fp32"), tolerance_for("fp32"))
+        fp32 = looser(self.tolerance("fp32"), tolerance_for("fp32", rule=self.export.graph_io.rule))
         return replace(self, export=replace(self.export, batch=1, dynamic_batch=True),
                        tolerances={**self.tolerances, "fp32": fp32})
 
@@ -147,12 +163,18 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
     params = params or RecipeParams()
     if calibration.source is not None and params.calib is None:
         params = replace(params, calib=calibration.source)  # slimmable recipes re-estimate BatchNorm on it
-    parsed = tolerances if isinstance(tolerances, Mapping) else parse_tolerances(tolerances)
+    if calibration.heldout is not None:
+        from effexport.calibration.heldout import check_heldout  # reads the files' bytes, no torch
+
+        check_heldout(calibration.heldout, calibration.source)
+    parsed = tolerances if isinstance(tolerances, Mapping) else parse_tolerances(tolerances, export.graph_io.rule)
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise UsageError(f"--num-classes must be a positive whole number, got {num_classes!r}")
     read = read_labels(Path(labels)) if labels is not None else None
     recipe = configure(get_recipe(name), params, img_size=export.img_size)
+    if weights is not None:
+        recipe = weights_preprocess(recipe, weights, export.img_size)
     if pretrained and num_classes is not None and num_classes != recipe.num_classes:
         raise UsageError(f"--pretrained gives {recipe.name}'s {recipe.num_classes}-class head, not {num_classes} "
                          f"classes; pass your fine-tuned checkpoint with --weights PATH")
@@ -167,8 +189,22 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
                Path(out), force, num_classes, read)
 
 
-def parse_tolerances(items: Iterable[str]) -> dict[str, Tolerance]:
-    """`--tolerance PRECISION:KEY=VALUE` (repeatable) -> {precision: Tolerance}, each over the default policy."""
+def weights_preprocess(recipe: Recipe, weights: Path, img_size: int | None) -> Recipe:
+    """The recipe as its weights were evaluated: a layout told by the file's suffix (PaddleClas `.pdparams`) brings
+    its framework's preprocessing, and refuses an --img-size its weights do not describe."""
+    layout = next((lay for lay in recipe.layouts if lay.suffix and weights.suffix == lay.suffix), None)
+    if layout is None or layout.preprocess is None:
+        return recipe
+    native = layout.preprocess.crop_size[0]
+    if layout.native_size_only and img_size not in (None, native):
+        raise UsageError(f"--img-size {img_size} is refused for {layout.name} weights of {recipe.name}: "
+                         f"{layout.native_size_only}; export at {native}")
+    return replace(recipe, preprocess=layout.preprocess)
+
+
+def parse_tolerances(items: Iterable[str], rule: str = TOP_K_RULE) -> dict[str, Tolerance]:
+    """`--tolerance PRECISION:KEY=VALUE` (repeatable) -> {precision: Tolerance}, each over the default policy of
+    `rule` (the output kind's: top-k, or label-set@0.5 for sigmoid)."""
     out: dict[str, Tolerance] = {}
     for item in items:
         try:
@@ -176,7 +212,7 @@ def parse_tolerances(items: Iterable[str]) -> dict[str, Tolerance]:
             key, value = setting.split("=", 1)
             if precision not in POLICY or key not in TOLERANCE_KEYS:
                 raise ValueError
-            out[precision] = replace(out.get(precision) or tolerance_for(precision), **{key: float(value)})
+            out[precision] = replace(out.get(precision) or tolerance_for(precision, rule=rule), **{key: float(value)})
         except ValueError:
             raise UsageError(f"--tolerance takes PRECISION:KEY=VALUE with PRECISION one of {', '.join(POLICY)} and "
                              f"KEY one of {', '.join(TOLERANCE_KEYS)}; got {item!r}") from None

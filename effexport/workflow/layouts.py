@@ -162,9 +162,9 @@ def _triton_fields(entry: dict, name: str) -> dict[str, Any]:
     """ModelConfig's fields for one entry, keyed in field-number order, the order text_format prints them in."""
     label = _label(entry)
     backend = entry["backend"]
-    tensors = {kind: [(t.get("name"), _triton_type(t.get("dtype"), label), _dims(t.get("shape"), label))
-                      for t in entry[kind + "s"]] for kind in ("input", "output")}
-    shapes = [dims for kind in tensors.values() for _, _, dims in kind]
+    tensors = {kind: [(t.get("name"), _triton_type(t.get("dtype"), label), _dims(t.get("shape"), label),
+                       t.get("format")) for t in entry[kind + "s"]] for kind in ("input", "output")}
+    shapes = [dims for kind in tensors.values() for _, _, dims, _ in kind]
     # Triton batches along a first dimension that every input and output shares. Its OpenVINO backend fixes the
     # model's batch at max_batch_size (ov::set_batch) and refuses any execution with fewer samples unless
     # ENABLE_BATCH_PADDING, which computes the padding; so an OpenVINO model is served unbatched, its dynamic batch
@@ -187,8 +187,11 @@ def _triton_fields(entry: dict, name: str) -> dict[str, Any]:
         fields["max_batch_size"] = max_batch
     labels = entry_labels(entry)
     for key, items in tensors.items():
-        fields[key] = [{"name": tensor_name, "data_type": dtype, "dims": dims[1:] if batched else dims}
-                       for tensor_name, dtype, dims in items]
+        # an image input of a raw-pixel graph names its layout (ModelInput.format, field 3, before dims)
+        fields[key] = [{"name": tensor_name, "data_type": dtype,
+                        **({"format": f"FORMAT_{layout}"} if layout in ("NCHW", "NHWC") else {}),
+                        "dims": dims[1:] if batched else dims}
+                       for tensor_name, dtype, dims, layout in items]
     if labels is not None:  # the class scores: the output whose last dimension has one entry per label
         for output in fields["output"]:
             if len(fields["output"]) == 1 or output["dims"][-1] == len(labels):
@@ -229,7 +232,7 @@ def _pbtxt(fields: dict[str, Any], indent: str = "") -> str:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, dict):
                 out.append(f"{indent}{key} {{\n{_pbtxt(item, indent + '  ')}{indent}}}\n")
-            elif key == "data_type" or isinstance(item, int):  # enum names and numbers go unquoted
+            elif key in ("data_type", "format") or isinstance(item, int):  # enum names and numbers go unquoted
                 out.append(f"{indent}{key}: {item}\n")
             else:
                 out.append(f'{indent}{key}: "{item.translate(_ESCAPES)}"\n')

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from effexport.exporter.artifacts import write_bytes
+from effexport.exporter.graph_io import wrap
 from effexport.exporter.inputs import images_key, parity_inputs
 from effexport.workflow.export import OnnxResult, Progress, build_model, run_torch
 from effexport.workflow.job import Job
@@ -45,9 +46,10 @@ def cached_reference(job: Job, onnx_result: OnnxResult, path: Path, inputs_key: 
     if cached is not None:
         return cached
     inputs, described = make_inputs()
+    inputs = job.export.graph_io.encode(inputs, job.preprocess)  # what the graph takes (uint8 crops for raw input)
     say(f"running the PyTorch FP32 reference on {len(inputs)} inputs")
     model, _ = build_model(job.recipe, job.weights, job.num_classes)
-    reference = Reference(inputs, run_torch(model, inputs), described)
+    reference = Reference(inputs, run_torch(wrap(model, job.export.graph_io, job.preprocess), inputs), described)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), inputs=reference.inputs, outputs=reference.outputs,
              description=np.array(described))

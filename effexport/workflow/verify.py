@@ -118,7 +118,8 @@ def verify_recipe(job: Job, backends: list[str], precisions: list[str], options:
 def _verify_one(ctx, backend: str, precision: str, tolerance: Tolerance, options: Any) -> VerifyRow:
     try:
         # Built (or reused) under the looser of the two: a row outside the user's tolerance fails, it is not rebuilt
-        artifact = ensure_artifact(ctx, backend, precision, options, looser(tolerance, tolerance_for(precision)))
+        artifact = ensure_artifact(ctx, backend, precision, options,
+                                   looser(tolerance, tolerance_for(precision, rule=tolerance.rule)))
         reference = ctx.reference(precision)
         report, execution = run_parity(artifact, precision, reference, tolerance, options)
     except ParityError as exc:  # its build was outside the tolerance (and went to rejected/): a failed row

@@ -22,7 +22,8 @@ from tests.calibration.conftest import calibration_folder
 
 RECIPE = "mobilenetv3_small"
 SMALL = ExportOptions(img_size=64)
-KEYS = ("version", "recipe", "preprocessing", "weights", "weights_random", "num_classes", "labels")
+KEYS = ("version", "recipe", "preprocessing", "weights", "weights_random", "input", "output",  # input, output: io_spec
+        "num_classes", "labels")
 
 
 def _metadata(path) -> dict[str, str]:

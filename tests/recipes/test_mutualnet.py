@@ -29,7 +29,7 @@ from effexport.recipes._slimmable import (
     slim_channels,
 )
 from effexport.recipes.mutualnet import IMAGENET, VARIANTS, calibration_batches, reestimate_batchnorm
-from effexport.workflow.export import export_recipe
+from effexport.workflow.export import export_recipe, finalize_images
 from effexport.workflow.job import resolve_job
 from tests.test_cli import run
 
@@ -154,8 +154,8 @@ def test_reestimation_reads_a_folder_or_an_npz_through_the_calibration_loader(tm
     from_folder = slice_to_width(_slimmable(mobilenet_v2), 0.7)
     from_npz = copy.deepcopy(from_folder)
     stale = [t.clone() for t in _bn_stats(from_folder)]
-    _, folder_record = reestimate_batchnorm(64, calib, from_folder)
-    _, npz_record = reestimate_batchnorm(64, npz, from_npz)
+    _, folder_record = reestimate_batchnorm(64, calib, from_folder, finalize_images)
+    _, npz_record = reestimate_batchnorm(64, npz, from_npz, finalize_images)
     assert folder_record["images"] == npz_record["images"] == 6 and npz_record["source"] == str(npz)
     assert "warning" not in folder_record and "warning" not in npz_record
     for a, b, old in zip(_bn_stats(from_folder), _bn_stats(from_npz), stale, strict=True):
@@ -166,13 +166,13 @@ def test_reestimation_reads_a_folder_or_an_npz_through_the_calibration_loader(tm
 def test_reestimation_refuses_an_array_preprocessed_at_another_resolution(tmp_path):
     npz = _npz_of(_calib_dir(tmp_path), 96, tmp_path / "calib.npz")
     with pytest.raises(UsageError, match=r"preprocessed at 96x96, but the model takes 64x64 .*--resolution"):
-        reestimate_batchnorm(64, npz, slice_to_width(_slimmable(mobilenet_v2), 0.7))
+        reestimate_batchnorm(64, npz, slice_to_width(_slimmable(mobilenet_v2), 0.7), finalize_images)
 
 
 def test_reestimation_warns_about_degenerate_calibration_images(tmp_path):
     calib = _calib_dir(tmp_path)
     Image.new("RGB", (4, 4)).save(calib / "dot.png")
-    _, record = reestimate_batchnorm(64, calib, slice_to_width(_slimmable(mobilenet_v2), 0.7))
+    _, record = reestimate_batchnorm(64, calib, slice_to_width(_slimmable(mobilenet_v2), 0.7), finalize_images)
     assert record["images"] == 7 and "dot.png (4x4)" in record["warning"]
 
 
