@@ -45,7 +45,8 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
          budget_mflops: float | None, query_table: StrPath | None, out: StrPath, force: bool, batch: int = 1,
          dynamic_batch: bool = False, simplify: bool = True, calib: StrPath | None = None, method: str = "minmax",
          calib_size: int | None = None, seed: int = 0, openvino: bool | None = None, output: str = "logits",
-         input: str = "float", bgr: bool = False, heldout: StrPath | None = None, exporter: str = "auto") -> Job:
+         input: str = "float", bgr: bool = False, heldout: StrPath | None = None, num_classes: int | None = None,
+         labels: StrPath | None = None, exporter: str = "auto") -> Job:
     """Every function's inputs, resolved once into a Job and checked before any work (as the CLI's `_job`)."""
     from effexport.calibration.options import Int8Options
     from effexport.recipes import RecipeParams
@@ -59,7 +60,8 @@ def _job(name: str, *, weights: StrPath | None, pretrained: bool, ema: bool, img
                             query_table=_path(query_table)),
         calibration=Int8Options(source=_path(calib), method=method, calib_size=calib_size, seed=seed,
                                 openvino=openvino, heldout=_path(heldout)),
-        images=_path(images), tolerances=tolerance, out=Path(out), force=force)
+        images=_path(images), tolerances=tolerance, out=Path(out), force=force, num_classes=num_classes,
+        labels=_path(labels))
 
 
 def _names(value: str | Sequence[str], known: Iterable[str], what: str) -> list[str]:
@@ -76,6 +78,7 @@ def export_onnx(name: str, *, opset: int = BACKEND_OPSET, exporter: str = "auto"
                 out: StrPath = DEFAULT_OUT, force: bool = False, width: float | None = None,
                 resolution: int | None = None, budget_mflops: float | None = None,
                 query_table: StrPath | None = None, calib: StrPath | None = None,
+                num_classes: int | None = None, labels: StrPath | None = None,
                 progress: Progress | None = None) -> OnnxResult:
     """`effexport onnx`: export a recipe to ONNX, check and simplify it, and verify it against PyTorch in ONNX
     Runtime (ParityError outside the tolerance). Reused while nothing that shapes it changed, unless `force`."""
@@ -83,7 +86,7 @@ def export_onnx(name: str, *, opset: int = BACKEND_OPSET, exporter: str = "auto"
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
                force=force,
-               exporter=exporter)
+               exporter=exporter, num_classes=num_classes, labels=labels)
     from effexport.workflow.export import export_recipe
 
     return export_recipe(job, progress)
@@ -96,7 +99,8 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
                   method: str = "minmax",
                   calib_size: int | None = None, width: float | None = None, resolution: int | None = None,
                   budget_mflops: float | None = None, query_table: StrPath | None = None, out: StrPath = DEFAULT_OUT,
-                  force: bool = False, progress: Progress | None = None) -> Artifact:
+                  force: bool = False, num_classes: int | None = None, labels: StrPath | None = None,
+                  progress: Progress | None = None) -> Artifact:
     """`effexport openvino` / `effexport trt`, for any backend: build (or reuse) the backend's artifact at
     `precision` from the verified dynamic-batch ONNX and check it against PyTorch. `options` are the backend's own
     (`OvOptions`, `TrtOptions`); INT8 comes from the recipe's one calibration (`calib`, `method`, `calib_size`)."""
@@ -109,7 +113,7 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=force,
-               exporter=exporter)
+               exporter=exporter, num_classes=num_classes, labels=labels)
     from effexport.workflow.deploy import deploy
 
     return deploy(job, backend, precision, options, progress)
@@ -121,6 +125,7 @@ def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax"
               images: StrPath | None = None, tolerance: Tolerances = (), width: float | None = None,
               resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
               out: StrPath = DEFAULT_OUT, force: bool = False, enforce_all: bool = True,
+              num_classes: int | None = None, labels: StrPath | None = None,
               progress: Progress | None = None) -> Int8Result:
     """`effexport calibrate`: calibrate the verified dynamic-batch ONNX and build every INT8 form (QDQ ONNX, ONNX
     Runtime CPU, NNCF OpenVINO when `openvino` is not False and it is installed). With `enforce_all` (the CLI's
@@ -129,7 +134,7 @@ def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax"
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
                force=force,
-               exporter=exporter)
+               exporter=exporter, num_classes=num_classes, labels=labels)
     from effexport.workflow.deploy import calibrate as calibrate_job
 
     return calibrate_job(job, enforce=None if enforce_all else (), progress=progress)
@@ -141,7 +146,8 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
            calib_size: int | None = None, weights: StrPath | None = None, pretrained: bool = False, ema: bool = False,
            img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto", width: float | None = None,
            resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
-           out: StrPath = DEFAULT_OUT, check: bool = True, progress: Progress | None = None) -> VerifyResult:
+           out: StrPath = DEFAULT_OUT, check: bool = True, num_classes: int | None = None,
+           labels: StrPath | None = None, progress: Progress | None = None) -> VerifyResult:
     """`effexport verify`: run each backend (default: every one available here) at each precision on the same
     inputs and compare with PyTorch FP32; writes verify.json. With `check` (the CLI's behaviour) any failed row
     raises ParityError after the table is written; otherwise inspect `result.passed` and `result.failures`.
@@ -156,7 +162,7 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False,
-               exporter=exporter)
+               exporter=exporter, num_classes=num_classes, labels=labels)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
 
@@ -173,7 +179,8 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
           calib_size: int | None = None, weights: StrPath | None = None, pretrained: bool = False, ema: bool = False,
           img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto", width: float | None = None,
           resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
-          out: StrPath = DEFAULT_OUT, progress: Progress | None = None,
+          out: StrPath = DEFAULT_OUT, num_classes: int | None = None, labels: StrPath | None = None,
+          progress: Progress | None = None,
           on_run: Callable[[str, int, int], None] | None = None) -> BenchResult:
     """`effexport bench`: time PyTorch eager (the baseline, always run) and each backend with one harness at each
     batch size, every artifact verified first; writes bench.json (and bench.png with `chart`). `on_run(label, done,
@@ -194,7 +201,7 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=None,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False,
-               exporter=exporter)
+               exporter=exporter, num_classes=num_classes, labels=labels)
     check_backends(chosen)
     return bench_recipe(job, chosen, sizes, wanted, threads, config, options=dict(options) if options else None,
                         chart=chart, progress=progress, on_run=on_run)

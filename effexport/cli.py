@@ -46,6 +46,17 @@ QueryTableOption = Annotated[Path | None, typer.Option(
                           "mflops,width,resolution,top1).")]
 
 
+# ---------------------------------------------------------------------------------------------- classes
+# A checkpoint's classifier decides the class count; --num-classes states it (a checkpoint that disagrees exits 2).
+
+NumClassesOption = Annotated[int | None, typer.Option(
+    "--num-classes", min=1, help="Classes of the classifier (default: the checkpoint's, else the recipe's).")]
+LabelsOption = Annotated[Path | None, typer.Option(
+    "--labels", help="Class names: one a line, a JSON list, or a JSON object index -> name; stored in the ONNX "
+                     "metadata, the IR's rt_info, the manifest and serving layouts (default: ImageNet's for a "
+                     "1000-class head).")]
+
+
 # ---------------------------------------------------------------------------------------------- calibration options
 # One calibration serves every INT8 artifact of a recipe (effexport/calibration/int8.py); --calib also feeds the
 # BatchNorm re-estimation of slimmable recipes.
@@ -77,7 +88,8 @@ HeldoutOption = Annotated[Path | None, typer.Option(
 def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None, opset=17, batch=1,
          dynamic_batch=False, simplify=True, images=None, tolerance=None, calib=None, method="minmax", calib_size=None,
          seed=0, openvino=None, width=None, resolution=None, budget_mflops=None, query_table=None, force=False,
-         out=Path("effexport-out"), output="logits", input_kind="float", bgr=False, heldout=None, exporter="auto"):
+         out=Path("effexport-out"), output="logits", input_kind="float", bgr=False, heldout=None, num_classes=None,
+         labels=None, exporter="auto"):
     """Every command's inputs, resolved once into a Job (effexport.workflow.job) and checked before any work."""
     from effexport.calibration.options import Int8Options
     from effexport.recipes import RecipeParams
@@ -90,7 +102,8 @@ def _job(name: str, *, weights=None, pretrained=False, ema=False, img_size=None,
         params=RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table),
         calibration=Int8Options(source=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                                 heldout=heldout),
-        images=images, tolerances=tolerance or [], out=out, force=force)
+        images=images, tolerances=tolerance or [], out=out, force=force,
+        num_classes=num_classes, labels=labels)
 
 
 @app.callback()
@@ -127,13 +140,14 @@ def info(
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
+    num_classes: NumClassesOption = None,
 ) -> None:
-    """Params, MACs, input spec, preprocessing, rewrites and origin of one recipe."""
+    """Params, MACs, input spec, classes, preprocessing, rewrites and origin of one recipe."""
     from effexport.recipes import RecipeParams
     from effexport.workflow.info import recipe_info
 
     data = recipe_info(name, img_size, RecipeParams(width=width, resolution=resolution, budget_mflops=budget_mflops,
-                                                    query_table=query_table))
+                                                    query_table=query_table), num_classes=num_classes)
     if as_json:
         printers.print_json(data)
     else:
@@ -162,6 +176,8 @@ def onnx_cmd(
     bgr: BgrOption = False,
     heldout: HeldoutOption = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if nothing changed.")] = False,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     out: OutOption = Path("effexport-out"),
     int8: Annotated[bool, typer.Option("--int8", help="Also build the INT8 forms ('effexport calibrate').")] = False,
     calib: Annotated[Path | None, typer.Option(
@@ -180,7 +196,7 @@ def onnx_cmd(
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                method=method, calib_size=calib_size, width=width, resolution=resolution, budget_mflops=budget_mflops,
                query_table=query_table, force=force, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels,
                exporter=exporter)
     from effexport.workflow.export import export_recipe
 
@@ -247,6 +263,8 @@ def openvino_cmd(
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
     force: ForceOption = False,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Convert the verified ONNX to OpenVINO IR (model.xml/.bin), or take the NNCF INT8 model of the recipe's
@@ -255,7 +273,7 @@ def openvino_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels,
                exporter=exporter)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.deploy import deploy
@@ -313,6 +331,8 @@ def trt_cmd(
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
     force: ForceOption = False,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Build a TensorRT engine (model.plan + layers.json) and verify it against PyTorch on the GPU."""
@@ -327,7 +347,7 @@ def trt_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels,
                exporter=exporter)
     from effexport.workflow.deploy import deploy
 
@@ -368,6 +388,8 @@ def verify_cmd(
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Run every backend and precision on the same inputs and compare with PyTorch FP32 in one table. Uses the
@@ -380,7 +402,7 @@ def verify_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels,
                exporter=exporter)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
@@ -424,6 +446,8 @@ def bench_cmd(
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Time PyTorch eager and each backend with one harness: p50/p90/p99 latency, throughput, speed-up, achieved
@@ -442,7 +466,7 @@ def bench_cmd(
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels,
                exporter=exporter)
     check_backends(chosen)
     with printers.bench_progress(f"preparing {name}") as (stage, timed):
@@ -483,6 +507,8 @@ def calibrate(
     resolution: ResolutionOption = None,
     budget_mflops: BudgetOption = None,
     query_table: QueryTableOption = None,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     out: OutOption = Path("effexport-out"),
 ) -> None:
     """Calibrate a recipe's verified dynamic-batch ONNX and build its INT8 forms: QDQ ONNX for TensorRT, an ONNX
@@ -491,7 +517,7 @@ def calibrate(
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, force=force,
                out=out,
-               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout,
+               output=output, input_kind=input_kind, bgr=bgr, heldout=heldout, num_classes=num_classes, labels=labels,
                exporter=exporter)
     _calibrate(job)
 

@@ -86,6 +86,10 @@ def print_export(result) -> None:
                   f"rel {parity['max_rel']:.2e}, cosine {parity['min_cosine']:.6f}, top-1 "
                   f"{parity['top1_agreement']:.0%}, top-5 {parity['top5_agreement']:.0%} "
                   f"over {parity['samples']} inputs{_rule_note(parity)}")
+    if "num_classes" in report:
+        labels = report.get("labels")
+        named = f"{labels['count']} from {labels['source']}" if labels else "none (pass --labels FILE)"
+        console.print(f"classes: {report['num_classes']}, labels: {named}", markup=False)
     console.print(f"report: {result.report_path}", markup=False)
 
 
@@ -356,6 +360,7 @@ def print_info(data: dict) -> None:
                  f"{data['input']['shape'][3]}; multiply-accumulates, what the papers call FLOPs"),
         ("input", f"{data['input']['name']} {data['input']['shape']} {data['input']['dtype']} NCHW"),
         ("output", f"{data['output']['name']} {data['output']['shape']}"),
+        ("classes", f"{data['num_classes']}; labels: {data['labels']}"),
         ("preprocessing", f"resize short side to {pp['resize']} ({pp['interpolation']}), center-crop "
                           f"{pp['crop_size'][0]}x{pp['crop_size'][1]} (crop fraction {pp['crop_pct']}), scale to "
                           f"[0, 1], mean {pp['mean']}, std {pp['std']}"),

@@ -152,3 +152,26 @@ def test_pretrained_offline_fails_fast_naming_weights(capsys, tmp_path, monkeypa
     assert code == 4 and "--weights PATH" in err
     code, _, err = run(["onnx", "rexnet_0.9", "--pretrained", "--out", str(tmp_path)], capsys)
     assert code == 2 and "no pretrained weights" in err
+
+
+def test_info_names_the_class_count_and_num_classes_changes_it(capsys):
+    code, stdout, _ = run(["info", "rexnet_1.0", "--num-classes", "10", "--json"], capsys)
+    data = json.loads(stdout)
+    assert code == 0 and data["num_classes"] == 10 and data["output"]["shape"] == [1, 10]
+    assert data["labels"].startswith("none")
+    code, stdout, _ = run(["info", "ghostnet_cifar"], capsys)
+    assert code == 0 and "classes" in stdout and "100; labels: none" in stdout
+
+
+def test_a_checkpoint_with_another_class_count_than_num_classes_exits_2_naming_both(capsys, tmp_path):
+    import timm
+
+    path = tmp_path / "rexnet_10cls.pth"
+    torch.save(timm.create_model("rexnet_100", num_classes=10).state_dict(), path)
+    code, _, err = run(["onnx", "rexnet_1.0", "--weights", str(path), "--num-classes", "12", "--out",
+                        str(tmp_path / "out")], capsys)
+    assert code == 2 and "has 10 classes, but --num-classes says 12" in err
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    code, _, err = run(["onnx", "rexnet_1.0", "--num-classes", "3", "--labels", str(tmp_path / "labels.txt"),
+                        "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "names 2 classes but --num-classes has 3" in err

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effexport.backends.openvino import copy_metadata
 from effexport.calibration.qdq import FloatLayer
 from effexport.errors import MissingDependencyError
 
@@ -86,6 +87,8 @@ def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[Floa
                               advanced_parameters=AdvancedQuantizationParameters(
                                   overflow_fix=fix, activations_quantization_params=QuantizationParameters(
                                       per_channel=False)))
+    # The FP32 export's metadata (recipe, preprocessing, class count, labels) into rt_info, as for the FP32 IR.
+    copy_metadata(fp32_onnx, quantized)
     # compress_to_fp16=False: the non-quantized weights (keep-float layers, biases) stay FP32 as verified.
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize", "preset": "performance (default)", "subset_size": len(inputs),

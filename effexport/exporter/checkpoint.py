@@ -221,11 +221,17 @@ def map_by_order(src: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str,
     return out
 
 
+def read_state_dict(path: Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict inside the checkpoint at `path` (read once: `load_weights` takes it back)."""
+    return unwrap(read_checkpoint(check_weights_path(path)), use_ema=use_ema)
+
+
 def load_weights(model: nn.Module, path: Path, layouts: Sequence[CheckpointLayout] = (),
-                 use_ema: bool = False) -> LoadedWeights:
-    """Load `path` into `model` strictly, converting the first of `layouts` (the recipe's) that recognises it."""
+                 use_ema: bool = False, state_dict: Mapping[str, torch.Tensor] | None = None) -> LoadedWeights:
+    """Load `path` into `model` strictly, converting the first of `layouts` (the recipe's) that recognises it.
+    `state_dict`, when given, is `path`'s already read (read_state_dict), so a large file is not read twice."""
     path = check_weights_path(path)
-    sd = unwrap(read_checkpoint(path), use_ema=use_ema)
+    sd = dict(state_dict) if state_dict is not None else read_state_dict(path, use_ema)
     layout = "timm"
     for candidate in layouts:
         if candidate.detect(sd):
@@ -237,6 +243,83 @@ def load_weights(model: nn.Module, path: Path, layouts: Sequence[CheckpointLayou
     strict_load(model, sd, path.name)
     log.info("loaded %s (%s layout, %d tensors)", path, layout, len(sd))
     return LoadedWeights(str(path), sha256_of(path), layout, len(sd))
+
+
+@dataclass(frozen=True)
+class Head:
+    """A model's classifier and first convolution, by their state-dict keys (found by `model_head`)."""
+
+    classifier: str  # the classifier's weight key
+    num_classes: int
+    in_features: int
+    first_conv: str | None  # the first convolution's weight key
+    in_chans: int | None
+    first_conv_shape: tuple[int, ...] = ()
+
+
+def classifier_of(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the classifier: timm's `get_classifier()` when it is a Linear or a convolution, else the
+    last Linear, else the last 1x1 convolution (ReXNet-lite's head)."""
+    modules = list(model.named_modules())
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, (nn.Linear, nn.Conv2d)):
+        found = next((name for name, m in modules if m is head), None)
+        if found is not None:
+            return found, head
+    linears = [(name, m) for name, m in modules if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    convs = [(name, m) for name, m in modules if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    if convs:
+        return convs[-1]
+    raise CheckpointError(f"{type(model).__name__} has no Linear or 1x1-convolution classifier to read a class count "
+                          f"from")
+
+
+def classes_of(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def model_head(model: nn.Module) -> Head:
+    """The classifier and first convolution of `model` (built on the meta device is enough)."""
+    name, head = classifier_of(model)
+    in_features = head.in_features if isinstance(head, nn.Linear) else head.in_channels
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    return Head(f"{name}.weight", classes_of(head), in_features,
+                f"{first[0]}.weight" if first else None, first[1].in_channels if first else None,
+                tuple(first[1].weight.shape) if first else ())
+
+
+def checkpoint_classes(head: Head, sd: Mapping[str, torch.Tensor]) -> int | None:
+    """The class count of the checkpoint's classifier: the tensor under the model's classifier key (timm's layout),
+    else (upstream layouts name it otherwise) the last 2-D or 1x1 weight whose input width is the classifier's.
+    None when neither is found: the strict load then names what does not match."""
+    own = sd.get(head.classifier)
+    if isinstance(own, torch.Tensor) and own.ndim in (2, 4):
+        return int(own.shape[0])
+    found = None
+    for key, value in sd.items():
+        if (key.endswith("weight") and isinstance(value, torch.Tensor) and
+                (value.ndim == 2 or (value.ndim == 4 and value.shape[2:] == (1, 1))) and
+                value.shape[1] == head.in_features):
+            found = int(value.shape[0])
+    return found
+
+
+def checkpoint_in_chans(head: Head, sd: Mapping[str, torch.Tensor]) -> int | None:
+    """The input channels of the checkpoint's first convolution: under the model's key, else the first 4-D weight
+    with the same output channels and kernel as the model's first convolution; None when neither is found."""
+    if head.first_conv is None:
+        return None
+    own = sd.get(head.first_conv)
+    if isinstance(own, torch.Tensor) and own.ndim == 4:
+        return int(own.shape[1])
+    out_chs, _, *kernel = head.first_conv_shape
+    for value in sd.values():
+        if isinstance(value, torch.Tensor) and value.ndim == 4:
+            return int(value.shape[1]) if value.shape[0] == out_chs and list(value.shape[2:]) == kernel else None
+    return None
 
 
 def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:

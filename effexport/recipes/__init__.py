@@ -73,7 +73,9 @@ class ImageLoader(Protocol):
 class Recipe:
     name: str
     family: str
-    build: Callable[[bool], nn.Module]  # build(pretrained) -> model in eval mode
+    # build(pretrained, num_classes=None) -> model in eval mode; num_classes None means the recipe's own count (a
+    # fine-tuned checkpoint's classifier decides it, exporter/checkpoint.py)
+    build: Callable[..., nn.Module]
     preprocess: Preprocess
     rewrites: tuple[Rewrite, ...] = ()
     source: str = ""
@@ -96,6 +98,7 @@ class Recipe:
     configuration: Mapping[str, Any] = field(default_factory=dict)  # what `configure` chose, for the report
     # Layers kept in float by every INT8 form (QDQ ONNX and NNCF); empty means effexport's default (first conv).
     int8_keep_float: tuple[KeepFloat, ...] = ()
+    num_classes: int = 1000  # the classifier's width when neither a checkpoint nor --num-classes says otherwise
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -141,6 +144,11 @@ def configure(recipe: Recipe, params: RecipeParams, img_size: int | None = None)
         hint = f" (recipes that do: {', '.join(takers)})" if takers else ""
         raise UsageError(f"recipe {recipe.name} takes no {', '.join(map(option_flag, refused))} option{hint}")
     return recipe.configure(recipe, params) if recipe.configure is not None else recipe
+
+
+def build_recipe(recipe: Recipe, pretrained: bool, num_classes: int | None = None) -> nn.Module:
+    """`recipe.build` with `num_classes` outputs (None: the recipe's own count)."""
+    return recipe.build(pretrained) if num_classes is None else recipe.build(pretrained, num_classes=num_classes)
 
 
 def check_recipe_name(name: str) -> None:

@@ -15,12 +15,15 @@ from effexport.recipes import CheckpointLayout, KeepFloat, Preprocess, Recipe, r
 log = logging.getLogger(__name__)
 
 
-def build_timm(timm_name: str, pretrained: bool, *, model_kwargs: dict[str, Any] | None = None,
-               pretrained_tag: str | None = None):
-    """Build `timm_name` in eval mode; with `pretrained`, ask timm for its weights (needs the network)."""
+def build_timm(timm_name: str, pretrained: bool, num_classes: int | None = None, *,
+               model_kwargs: dict[str, Any] | None = None, pretrained_tag: str | None = None):
+    """Build `timm_name` in eval mode, with `num_classes` outputs (None: timm's default); with `pretrained`, ask
+    timm for its weights (needs the network)."""
     import timm
 
     kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     name = f"{timm_name}.{pretrained_tag}" if pretrained and pretrained_tag else timm_name
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs).eval()

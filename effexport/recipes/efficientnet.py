@@ -186,12 +186,13 @@ for _n, _size in LITE_SIZES.items():
                         f"and is 'timm:efficientnet_lite{_n}'")
 
 
-def build_b0_small(pretrained: bool) -> nn.Module:
+def build_b0_small(pretrained: bool, num_classes: int | None = None) -> nn.Module:
     """PaddleClas publishes B0-small as Paddle parameters only: no PyTorch weights exist to fetch."""
     from timm.models._efficientnet_builder import decode_arch_def
     from timm.models.efficientnet import EfficientNet
 
     return EfficientNet(block_args=decode_arch_def(B0_SMALL_ARCH), num_features=1280, stem_size=32,
+                        num_classes=1000 if num_classes is None else num_classes,
                         act_layer=nn.SiLU, norm_layer=partial(nn.BatchNorm2d, eps=1e-3), drop_rate=0.2).eval()
 
 

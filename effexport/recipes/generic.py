@@ -10,6 +10,13 @@ from effexport.recipes import GENERIC_PREFIX, Recipe
 from effexport.recipes._timm import _has_pretrained, build_timm, timm_preprocess
 
 
+def _default_classes(arch: str, tag: str | None) -> int:
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch) or timm.models.get_pretrained_cfg(arch)
+    return int(getattr(cfg, "num_classes", None) or 1000)
+
+
 @cache
 def generic_timm_recipe(timm_name: str) -> Recipe:
     import difflib
@@ -31,6 +38,7 @@ def generic_timm_recipe(timm_name: str) -> Recipe:
         pretrained_available=_has_pretrained(arch, tag or None),
         generic=True,
         strict_graph=False,
+        num_classes=_default_classes(arch, tag or None),
         notes="no family-specific recipe exists for this model: only the generic rewrites are applied, and "
               "graph checks (no BatchNormalization/Identity/shape arithmetic) are reported, not enforced",
     )

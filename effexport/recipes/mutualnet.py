@@ -115,7 +115,7 @@ MOBILENET_V2_QUERY = _table("""
 
 @dataclass(frozen=True)
 class Slimmable:
-    arch: Callable[[], nn.Module]
+    arch: Callable[..., nn.Module]  # arch(num_classes) -> the full-width slimmable network
     widths: tuple[float, float]  # the trained range
     query: tuple[QueryPoint, ...]  # the published query table, if any
     paper: str
@@ -184,18 +184,20 @@ def choose_point(name: str, variant: Slimmable, params: RecipeParams) -> tuple[f
 # ---------------------------------------------------------------------------------------------- build, load, finalize
 
 
-def build_static(arch: Callable[[], nn.Module], width: float, pretrained: bool) -> nn.Module:
+def build_static(arch: Callable[..., nn.Module], width: float, pretrained: bool,
+                 num_classes: int | None = None) -> nn.Module:
     """The static network at `width` (no weights are published through a registry: `pretrained` is refused)."""
-    return slice_to_width(arch(), width)
+    return slice_to_width(arch(1000 if num_classes is None else num_classes), width)
 
 
 PER_WIDTH_STATS = re.compile(r"\.bn\.\d+\.(running_mean|running_var|num_batches_tracked)$")
 
 
-def convert_full_width(arch: Callable[[], nn.Module], width: float, sd: dict[str, torch.Tensor],
+def convert_full_width(arch: Callable[..., nn.Module], width: float, sd: dict[str, torch.Tensor],
                        model: nn.Module) -> dict[str, torch.Tensor]:
-    """Load a full-width slimmable checkpoint into the slimmable network, then slice it to `width`."""
-    full = arch()
+    """Load a full-width slimmable checkpoint into the slimmable network, then slice it to `width`; the network
+    has as many classes as `model`, the static one built for this checkpoint (the classifier never slims)."""
+    full = arch(model.classifier[0].out_features)
     own = full.state_dict()
     kept = {k: v for k, v in sd.items() if not PER_WIDTH_STATS.search(k)}
     dropped = len(sd) - len(kept)

@@ -197,9 +197,13 @@ def shufflenetv2(pfd: bool, cifar: bool, num_classes: int) -> nn.Module:
 BUILDERS = {"mobilenetv3": mobilenetv3_large, "ghostnet": ghostnet, "shufflenetv2": shufflenetv2}
 
 
-def build(net: str, pfd: bool, cifar: bool, pretrained: bool) -> nn.Module:
+def build(net: str, pfd: bool, cifar: bool, pretrained: bool, num_classes: int | None = None) -> nn.Module:
     """No weights are published for these forms (`pretrained` is refused before this is called)."""
-    return BUILDERS[net](pfd, cifar, 100 if cifar else 1000)
+    return BUILDERS[net](pfd, cifar, default_classes(cifar) if num_classes is None else num_classes)
+
+
+def default_classes(cifar: bool) -> int:
+    return 100 if cifar else 1000
 
 VARIANTS = {  # recipe name: (network, padding-free modules, CIFAR form)
     "mobilenetv3_large_pfd": ("mobilenetv3", True, False),
@@ -267,4 +271,5 @@ for _name, (_net, _pfd, _cifar) in VARIANTS.items():
         layouts=(UPSTREAM[_net],) if _pfd else (),
         pretrained_available=False,
         notes=_form + ("" if _pfd else "; the unmodified baseline"),
+        num_classes=default_classes(_cifar),
     ))

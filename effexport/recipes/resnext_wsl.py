@@ -89,14 +89,15 @@ for _name, (_timm_name, _heavy) in VARIANTS.items():
                   heavy=_heavy, timm_alias=False, layouts=(_paddle_layout(PADDLE_MODELS[_name]),))
 
 
-def build_resnext101_32x48d(pretrained: bool):
+def build_resnext101_32x48d(pretrained: bool, num_classes: int | None = None):
     """timm's ResNet with the 32x48d configuration; timm ships no weights for it."""
     if pretrained:
         raise UsageError("timm has no pretrained weights for ResNeXt-101 32x48d: pass --weights PATH "
                          "(the WSL or FixRes checkpoint)")
     from timm.models.resnet import Bottleneck, ResNet
 
-    return ResNet(block=Bottleneck, layers=(3, 4, 23, 3), cardinality=32, base_width=48).eval()
+    return ResNet(block=Bottleneck, layers=(3, 4, 23, 3), cardinality=32, base_width=48,
+                  num_classes=1000 if num_classes is None else num_classes).eval()
 
 
 for _name, _size, _paper in (("resnext101_32x48d_wsl", 224, PAPER), ("fix_resnext101_32x48d_wsl", 320, FIX_PAPER)):

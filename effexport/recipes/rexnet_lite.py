@@ -97,9 +97,9 @@ class ReXNetLite(nn.Module):
         return self.output(self.avgpool(self.features(x))).flatten(1)
 
 
-def build(multiplier: float, pretrained: bool) -> nn.Module:
+def build(multiplier: float, pretrained: bool, num_classes: int | None = None) -> nn.Module:
     """The lite weights are published on the repository's release page, not through a registry: use --weights."""
-    return ReXNetLite(multiplier).eval()
+    return ReXNetLite(multiplier, num_classes=1000 if num_classes is None else num_classes).eval()
 
 
 for _name, _multiplier in VARIANTS.items():

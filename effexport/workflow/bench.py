@@ -283,7 +283,8 @@ def bench_recipe(job: Job, backends: list[str], batches: list[int], precisions: 
     artifacts = {(b, p, n): _artifact_for(ctx, b, p, n, (options or {}).get(b))
                  for b, p in plan if b not in TORCH_BACKENDS for n in batches}
     inputs = ctx.reference().inputs
-    model = wrap(build_model(ctx.recipe, ctx.job.weights)[0], ctx.job.export.graph_io, ctx.preprocess)
+    model = wrap(build_model(ctx.recipe, ctx.job.weights, ctx.job.num_classes)[0], ctx.job.export.graph_io,
+                 ctx.preprocess)
     macs = ctx.onnx.report.get("macs")
     if progress:
         progress("measuring this machine's peak MAC rates")

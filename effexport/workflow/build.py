@@ -36,6 +36,7 @@ from effexport.errors import EffexportError, ExportError, MissingDependencyError
 from effexport.exporter.artifacts import sha256_of, write_bytes, write_json
 from effexport.exporter.cpu_env import cpu_flags, cpu_model
 from effexport.exporter.io_spec import INPUTS, OUTPUTS
+from effexport.exporter.labels import read_labels
 from effexport.recipes import RecipeParams, check_recipe_name
 from effexport.version import __version__
 from effexport.workflow.job import ExportOptions, Job, resolve_job
@@ -56,7 +57,7 @@ Progress = Callable[[str], None]
 MODEL_KEYS = ("recipe", "weights", "pretrained", "ema", "img_size", "opset", "simplify", "images", "calib",
               "calib_size", "method", "seed", "tolerance", "targets", "tensorrt", "width", "resolution",
               "budget_mflops", "query_table", "bench", "bench_batches", "bench_iters", "output", "input", "bgr",
-              "heldout", "exporter")
+              "heldout", "num_classes", "labels", "exporter")
 DEFAULT_KEYS = tuple(k for k in MODEL_KEYS if k not in ("recipe", "weights", "pretrained", "ema", "width",
                                                        "resolution", "budget_mflops", "query_table"))
 TOP_KEYS = ("defaults", "models")
@@ -217,6 +218,18 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
             if key in settings and settings[key] not in allowed:
                 raise _refuse(path, text, f"[{table}] {key} = {settings[key]!r}: expected one of {', '.join(allowed)}",
                               key, table if key in model else "defaults")
+        for key, kind, what in (("num_classes", int, "a positive whole number"), ("labels", str, "a file path")):
+            value = settings.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                      or (kind is int and value < 1)):
+                raise _refuse(path, text, f"[{table}] {key} must be {what}, not {value!r}", key,
+                              table if key in model else "defaults")
+        if settings.get("labels") is not None:
+            try:
+                read_labels(root / settings["labels"], option="labels")
+            except UsageError as exc:
+                raise _refuse(path, text, f"[{table}] {exc}", "labels", table if "labels" in model else "defaults") \
+                    from None
         try:
             job = _job(settings, root, out / name, force)
         except UsageError as exc:
@@ -257,7 +270,7 @@ def _job(s: dict[str, Any], root: Path, out: Path, force: bool) -> Job:
                                 calib_size=s.get("calib_size"), seed=int(s.get("seed", 0)),
                                 heldout=_relative(root, s.get("heldout"))),
         images=_relative(root, s.get("images")), tolerances=[tolerance] if isinstance(tolerance, str) else tolerance,
-        out=out, force=force)
+        out=out, force=force, num_classes=s.get("num_classes"), labels=_relative(root, s.get("labels")))
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -482,6 +495,8 @@ def _entry(target: Target, record: dict[str, Any], out: Path) -> dict[str, Any]:
         "inputs": record["io"].get("inputs", []),
         "outputs": record["io"].get("outputs", []),
         "max_batch": record["max_batch"],
+        "num_classes": record["io"].get("num_classes"),
+        "labels": (record["io"].get("labels") or {}).get("names"),
         "weights": {"source": weights.get("source"), "sha256": weights.get("sha256")},
         "fingerprint": report.get("fingerprint"),
         "exporter": record["io"].get("exporter"),
@@ -663,6 +678,8 @@ max_batch = 32
 [models.rexnet]               # the name in the manifest; its artifacts go to <out>/rexnet/
 recipe = "rexnet_1.0"
 # weights = "weights/rexnet_1.0.pth"   # without weights: random, and every report says so
+# num_classes = 10                     # default: the checkpoint's classifier decides (a fine-tuned head)
+# labels = "classes.txt"               # one name a line, a JSON list or index -> name; default: ImageNet's for 1000
 
 [models.lite0]
 recipe = "efficientnet_lite0"

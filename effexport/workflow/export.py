@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from effexport.calibration.data import BUILTIN_WARNING as CALIBRATION_BUILTIN_WARNING
 from effexport.calibration.data import CalibrationData, load_calibration
-from effexport.errors import ExportError, ParityError, UsageError
+from effexport.errors import CheckpointError, ExportError, ParityError, UsageError
 from effexport.exporter import onnx as onnx_stage
 from effexport.exporter.artifacts import (
     Staging,
@@ -35,13 +36,21 @@ from effexport.exporter.artifacts import (
     sha256_of,
     write_json,
 )
-from effexport.exporter.checkpoint import load_weights, randomize_batchnorm
+from effexport.exporter.checkpoint import (
+    checkpoint_classes,
+    checkpoint_in_chans,
+    load_weights,
+    model_head,
+    randomize_batchnorm,
+    read_state_dict,
+)
 from effexport.exporter.graph_io import wrap
 from effexport.exporter.inputs import IMAGE_SUFFIXES, parity_inputs
+from effexport.exporter.labels import IMAGENET_CLASSES, Labels, check_count, imagenet_labels
 from effexport.exporter.parity import ParityReport, Tolerance, compare, recheck
-from effexport.exporter.profile import count_macs, count_params
+from effexport.exporter.profile import build_on_meta, count_macs, count_params
 from effexport.exporter.rewrite import RewriteRecord, apply_rewrites
-from effexport.recipes import Preprocess, Recipe
+from effexport.recipes import Preprocess, Recipe, build_recipe
 from effexport.version import __version__
 from effexport.workflow.job import Job, WeightsSpec
 
@@ -52,7 +61,7 @@ RANDOM_SEED = 0
 MODEL_FILE = "model.onnx"
 # What an export holds besides the graph; bumped when that changes, so older exports are rebuilt, not reused
 # (2: metadata_props with recipe, preprocessing and weights; no intermediate value_info in dynamic-batch exports;
-# 3: the input and output contracts in metadata_props, effexport.input / effexport.output).
+# 3: the input and output contracts, the class count and labels in metadata_props, and the exporter path).
 EXPORT_FORMAT = 3
 REPORT_FILE = "report.json"
 # What preprocess_images (inputs.py) does besides the recipe's numbers: a file read without effexport must say it too.
@@ -76,6 +85,11 @@ class PreparedModel:
     inputs: np.ndarray
     inputs_description: str
     reference: np.ndarray
+    labels: Labels | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.reference.shape[1])
 
 
 @dataclass
@@ -106,14 +120,37 @@ def finalize_images(source: Path | None, pp: Preprocess, *, at_most: int) -> Cal
     return data
 
 
-def build_model(recipe: Recipe, weights: WeightsSpec) -> tuple[nn.Module, dict]:
-    """Build the recipe's model in eval mode with its weights; returns the model and a weights record."""
+def checkpoint_num_classes(recipe: Recipe, sd: dict, num_classes: int | None, what: str) -> int | None:
+    """The class count a checkpoint's classifier has (found on a meta-device build of the recipe), checked against
+    `num_classes` (--num-classes) when given; refuses a first convolution over another number of input channels."""
+    head = model_head(build_on_meta(partial(build_recipe, recipe, num_classes=num_classes)))
+    found = checkpoint_classes(head, sd)
+    if found is not None and num_classes is not None and found != num_classes:
+        raise CheckpointError(f"{what}'s classifier has {found} classes, but --num-classes says {num_classes}: "
+                              f"give --num-classes {found}, or the checkpoint trained for {num_classes} classes")
+    in_chans = checkpoint_in_chans(head, sd)
+    if in_chans is not None and head.in_chans is not None and in_chans != head.in_chans:
+        raise CheckpointError(f"{what}'s first convolution ({head.first_conv}) takes {in_chans} input channels, "
+                              f"{recipe.name}'s takes {head.in_chans}: effexport exports models of 3-channel RGB "
+                              f"images (preprocessing, parity and calibration photographs), so a model trained on "
+                              f"other inputs (grey-scale, extra bands) cannot be exported")
+    return found if found is not None else num_classes
+
+
+def build_model(recipe: Recipe, weights: WeightsSpec, num_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """Build the recipe's model in eval mode with its weights; returns the model and a weights record. The class
+    count is the checkpoint's (its classifier's shape), else `num_classes`, else the recipe's own."""
     if weights.pretrained and not recipe.pretrained_available:
         raise UsageError(f"no pretrained weights are published for {recipe.name} through timm: pass --weights PATH")
-    torch.manual_seed(RANDOM_SEED)
-    model = recipe.build(weights.pretrained).eval()
+    sd = None
     if weights.path is not None:
-        loaded = load_weights(model, Path(weights.path), recipe.layouts, use_ema=weights.use_ema)
+        sd = read_state_dict(Path(weights.path), use_ema=weights.use_ema)
+        num_classes = checkpoint_num_classes(recipe, sd, num_classes, Path(weights.path).name)
+    torch.manual_seed(RANDOM_SEED)
+    model = build_recipe(recipe, weights.pretrained, num_classes).eval()
+    if weights.path is not None:
+        loaded = load_weights(model, Path(weights.path), recipe.layouts, use_ema=weights.use_ema, state_dict=sd)
+        del sd
         info = {"source": "file", "path": loaded.path, "sha256": loaded.sha256, "layout": loaded.layout}
     elif weights.pretrained:
         info = {"source": "pretrained", "from": recipe.source}
@@ -140,7 +177,7 @@ def prepare(job: Job, progress: Progress | None = None) -> PreparedModel:
     say = progress or (lambda _msg: None)
     recipe = job.recipe
     say(f"building {recipe.name}")
-    model, winfo = build_model(recipe, job.weights)
+    model, winfo = build_model(recipe, job.weights, job.num_classes)
     pp = job.preprocess
     inputs, described = parity_inputs(pp, images_dir=job.images)
     io = job.export.graph_io
@@ -149,12 +186,22 @@ def prepare(job: Job, progress: Progress | None = None) -> PreparedModel:
     graph_inputs = io.encode(inputs, pp)
     say("running the PyTorch reference")
     reference = run_torch(wrap(model, io, pp), graph_inputs)
+    labels = model_labels(job, reference.shape[1])
     params = count_params(model)
     macs = count_macs(model, (3, *pp.crop_size))
     say("applying deploy rewrites")
     model, records = apply_rewrites(model, recipe.rewrites, torch.from_numpy(inputs[:2]))
     return PreparedModel(recipe, wrap(model, io, pp), pp, winfo, records, params, macs, graph_inputs, described,
-                         reference)
+                         reference, labels)
+
+
+def model_labels(job: Job, num_classes: int) -> Labels | None:
+    """The labels given (checked against the model's class count, known for certain only now that the checkpoint
+    is read), else ImageNet's for a 1000-class head, else none."""
+    if job.labels is not None:
+        check_count(job.labels, num_classes, f"the model ({job.recipe.name})")
+        return job.labels
+    return imagenet_labels() if num_classes == IMAGENET_CLASSES else None
 
 
 def weights_identity(weights: WeightsSpec, recipe: Recipe) -> str:
@@ -168,7 +215,8 @@ def export_identity(job: Job) -> dict:
     """Everything that shapes the bytes of the export and its report, every input by its contents."""
     recipe = job.recipe
     key = {"format": EXPORT_FORMAT, "recipe": recipe.name, "configuration": dict(recipe.configuration),
-           "weights": weights_identity(job.weights, recipe), "export": job.export.identity(),
+           "weights": weights_identity(job.weights, recipe), "num_classes": job.num_classes,
+           "labels": job.labels.digest() if job.labels is not None else None, "export": job.export.identity(),
            "parity_images": content_digest(job.images, IMAGE_SUFFIXES), "versions": tool_versions()}
     if recipe.finalize is not None:  # calibration images change the FP32 model only through a recipe's finalize step
         key["calibration_data"] = content_digest(job.calibration.source)
@@ -231,6 +279,9 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         "generic_recipe": recipe.generic,
         **({"configuration": dict(recipe.configuration)} if recipe.configuration else {}),
         "weights": prepared.weights,
+        "num_classes": prepared.num_classes,
+        "in_chans": recipe.input_size[0],
+        "labels": prepared.labels.record() if prepared.labels is not None else None,
         "params": prepared.params,
         "macs": prepared.macs,
         "preprocessing": {**prepared.preprocess.to_dict(), **INPUT_CONVENTION},
@@ -268,7 +319,7 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
         if options.dynamic_batch:
             dropped = onnx_stage.drop_intermediate_value_info(model)
             log.debug("dropped %d intermediate value_info entries (symbolic batch)", dropped)
-        report["onnx_metadata"] = onnx_metadata(report)
+        report["onnx_metadata"] = onnx_metadata(report, prepared.labels)
         onnx_stage.set_metadata(model, report["onnx_metadata"])
         files = onnx_stage.save_onnx(model, staging.path / MODEL_FILE)
         del model
@@ -301,7 +352,7 @@ def _export(job: Job, progress: Progress | None) -> OnnxResult:
     return OnnxResult(dest / MODEL_FILE, dest / REPORT_FILE, report, parity=report["parity"])
 
 
-def onnx_metadata(report: dict) -> dict[str, str]:
+def onnx_metadata(report: dict, labels: Labels | None = None) -> dict[str, str]:
     """What a model file that travels without its report needs to be fed and trusted, as ONNX `metadata_props`
     (the OpenVINO IR copies them into its rt_info). `producer_name`/`producer_version` stay torch's: they name the
     exporter that wrote the graph, which is what an exporter bug is traced to; effexport's version has its own key."""
@@ -312,6 +363,8 @@ def onnx_metadata(report: dict) -> dict[str, str]:
         "effexport.weights": report["identity"]["weights"],
         "effexport.weights_random": "true" if report["weights"]["source"] == "random" else "false",
         "effexport.exporter": report["exporter"],
+        "effexport.num_classes": str(report["num_classes"]),
+        **({"effexport.labels": json.dumps(list(labels.names), ensure_ascii=False)} if labels is not None else {}),
         **{f"effexport.{end}": json.dumps(contract, separators=(",", ":"))
            for end, contract in report.get("graph_io", {}).items()},
     }

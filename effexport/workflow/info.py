@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import inspect
 import os
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from effexport.errors import UsageError
 from effexport.exporter.artifacts import read_json, write_json
+from effexport.exporter.labels import IMAGENET_CLASSES
 from effexport.exporter.onnx import INPUT_NAME, OUTPUT_NAME
 from effexport.exporter.profile import build_on_meta, count_macs, count_params
-from effexport.recipes import Recipe, RecipeParams, configure, get_recipe, list_recipes
+from effexport.recipes import Recipe, RecipeParams, build_recipe, configure, get_recipe, list_recipes
 from effexport.version import __version__
 
 
@@ -42,10 +45,14 @@ def _doc(fn) -> str:
     return (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
 
 
-def recipe_info(name: str, img_size: int | None = None, params: RecipeParams | None = None) -> dict:
+def recipe_info(name: str, img_size: int | None = None, params: RecipeParams | None = None,
+                num_classes: int | None = None) -> dict:
+    """What one recipe builds; `num_classes` as `--num-classes` gives it (a fine-tuned head)."""
+    if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+        raise UsageError(f"--num-classes must be a positive whole number, got {num_classes!r}")
     recipe: Recipe = configure(get_recipe(name), params or RecipeParams(), img_size=img_size)
     pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
-    model = build_on_meta(recipe.build)
+    model = build_on_meta(partial(build_recipe, recipe, num_classes=num_classes))
     with torch.no_grad():
         out = model(torch.zeros(1, 3, *pp.crop_size, device="meta"))
     return {
@@ -60,6 +67,9 @@ def recipe_info(name: str, img_size: int | None = None, params: RecipeParams | N
         "macs_note": "multiply-accumulates of one image, what this field's papers call FLOPs",
         "input": {"name": INPUT_NAME, "shape": [1, 3, *pp.crop_size], "dtype": "float32", "layout": "NCHW"},
         "output": {"name": OUTPUT_NAME, "shape": list(out.shape)},
+        "num_classes": int(out.shape[1]),
+        "labels": "ImageNet-1k (timm's class descriptions)" if out.shape[1] == IMAGENET_CLASSES else
+                  "none by default: pass --labels FILE",
         "preprocessing": pp.to_dict(),
         "rewrites": [{"name": r.__name__, "doc": _doc(r)} for r in recipe.rewrites],
         "checkpoint_layouts": ["timm" if recipe.source.startswith("timm") else "the model's own state dict",

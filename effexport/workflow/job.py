@@ -23,6 +23,7 @@ from effexport.calibration.options import Int8Options
 from effexport.errors import UsageError
 from effexport.exporter.artifacts import DEFAULT_OUT, recipe_dir
 from effexport.exporter.io_spec import TOP_K_RULE, GraphIO
+from effexport.exporter.labels import Labels, check_count, read_labels
 from effexport.exporter.parity import POLICY, Tolerance, looser, tolerance_for
 from effexport.recipes import Preprocess, Recipe, RecipeParams, check_recipe_name, configure, get_recipe
 
@@ -117,6 +118,8 @@ class Job:
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)  # overrides of parity.POLICY
     out: Path = DEFAULT_OUT
     force: bool = False
+    num_classes: int | None = None  # --num-classes; None: the checkpoint's classifier decides, else the recipe's
+    labels: Labels | None = None  # --labels, read and checked
 
     @property
     def folder(self) -> Path:
@@ -148,10 +151,13 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
                 export: ExportOptions | None = None, params: RecipeParams | None = None,
                 calibration: Int8Options | None = None, images: Path | None = None,
                 tolerances: Iterable[str] | Mapping[str, Tolerance] = (), out: Path = DEFAULT_OUT,
-                force: bool = False) -> Job:
+                force: bool = False, num_classes: int | None = None, labels: Path | None = None) -> Job:
     """Check every input and resolve the recipe; raises UsageError in one line before any work.
 
-    `tolerances` are `PRECISION:KEY=VALUE` strings (`--tolerance`) or an already parsed mapping.
+    `tolerances` are `PRECISION:KEY=VALUE` strings (`--tolerance`) or an already parsed mapping. `num_classes`
+    states the classifier's width (a checkpoint that disagrees is refused once read); `labels` is a labels file
+    (exporter/labels.py), whose count is checked here when the class count is already known, else once the
+    checkpoint is read.
     """
     check_recipe_name(name)  # an unknown name is refused before anything imports torch
     export = export or ExportOptions()
@@ -173,16 +179,26 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
 
         check_heldout(calibration.heldout, calibration.source)
     parsed = tolerances if isinstance(tolerances, Mapping) else parse_tolerances(tolerances, export.graph_io.rule)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise UsageError(f"--num-classes must be a positive whole number, got {num_classes!r}")
+    read = read_labels(Path(labels)) if labels is not None else None
     recipe = configure(get_recipe(name), params, img_size=export.img_size)
     if weights is not None:
         recipe = weights_preprocess(recipe, weights, export.img_size)
+    if pretrained and num_classes is not None and num_classes != recipe.num_classes:
+        raise UsageError(f"--pretrained gives {recipe.name}'s {recipe.num_classes}-class head, not {num_classes} "
+                         f"classes; pass your fine-tuned checkpoint with --weights PATH")
+    if read is not None and (num_classes is not None or weights is None):
+        check_count(read, num_classes or recipe.num_classes,
+                    "--num-classes" if num_classes is not None else f"{recipe.name}'s classifier")
     from effexport.exporter.onnx import check_opset, choose_exporter  # imports torch: once the recipe is known
 
     check_opset(export.opset, export.exporter)
     export = replace(export, exporter=choose_exporter(export.opset, export.exporter))
     check_output_root(Path(out))
     return Job(name, recipe, params, spec, export, calibration, Path(images) if images else None, dict(parsed),
-               Path(out), force)
+               Path(out), force, num_classes, read)
 
 
 def weights_preprocess(recipe: Recipe, weights: Path, img_size: int | None) -> Recipe:

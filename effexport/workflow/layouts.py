@@ -5,6 +5,10 @@ Each artifact entry of a build manifest becomes one served model named ``<model>
     Triton  <repo>/<name>/config.pbtxt, <repo>/<name>/1/model.onnx | model.plan | model.xml + model.bin
     OVMS    <repo>/<name>/1/model.xml + model.bin | model.onnx, and <repo>/config.json naming every model
 
+An entry with class labels also gets `labels.txt` (line i names class i): beside config.pbtxt for Triton, named by
+the output's `label_filename` so that Triton's classification extension answers with names; beside the model in
+the version folder for OVMS.
+
 Entries may come from another machine, so every folder and file they name must stay inside `root` once symlinks
 are followed, and every file must still have the sha256 its manifest records. Everything is checked and staged
 before the repository changes; each model folder is then swapped in whole, replacing an earlier one of its name.
@@ -45,6 +49,7 @@ TRITON_TYPES = {"bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT
 # auto-complete default is 4, too small to keep a GPU busy; 32 images of 3x224x224 are 19 MB of float32 input, which
 # any server holds with the activations of these CNNs. Raise it in config.pbtxt for a bigger GPU.
 DEFAULT_MAX_BATCH = 32
+LABELS_FILE = "labels.txt"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 # Text-format string escapes, as protobuf's text_format writes them with as_utf8=True.
 _ESCAPES = {i: f"\\{i:03o}" for i in (*range(32), 127)} | {
@@ -64,7 +69,8 @@ def write_triton_repository(entries: list[dict], root: Path, repo: Path) -> list
     """One Triton model per built or reused entry: `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/<model file>`.
     Returns the model folders, in entry order."""
     models = _plan(entries, Path(root))
-    configs = {m.name: {"config.pbtxt": triton_config_text(m.entry, m.name)} for m in models}
+    configs = {m.name: {"config.pbtxt": triton_config_text(m.entry, m.name), **_labels_file(m.entry, LABELS_FILE)}
+               for m in models}
     return _publish(Path(repo), models, configs, {})
 
 
@@ -81,7 +87,28 @@ def write_ovms_repository(entries: list[dict], root: Path, repo: Path) -> list[P
         else:
             models.append(model)
     config = _ovms_config(repo / "config.json", [m.name for m in models])
-    return _publish(repo, models, {}, {"config.json": json.dumps(config, indent=2) + "\n"})
+    labels = {m.name: _labels_file(m.entry, f"{VERSION}/{LABELS_FILE}") for m in models}
+    return _publish(repo, models, labels, {"config.json": json.dumps(config, indent=2) + "\n"})
+
+
+def entry_labels(entry: dict) -> list[str] | None:
+    """The entry's class labels (None when it has none), refused unless they are one name per class."""
+    labels = entry.get("labels")
+    if labels is None:
+        return None
+    label = _label(entry)
+    if not isinstance(labels, list) or not labels or not all(
+            isinstance(n, str) and n.strip() and "\n" not in n and "\r" not in n for n in labels):
+        raise UsageError(f"{label}: labels must be a non-empty list of one-line names")
+    classes = entry.get("num_classes")
+    if classes is not None and classes != len(labels):
+        raise UsageError(f"{label}: {len(labels)} labels for {classes} classes")
+    return labels
+
+
+def _labels_file(entry: dict, where: str) -> dict[str, str]:
+    labels = entry_labels(entry)
+    return {} if labels is None else {where: "".join(f"{name}\n" for name in labels)}
 
 
 def model_name(model: str, target: str) -> str:
@@ -158,12 +185,17 @@ def _triton_fields(entry: dict, name: str) -> dict[str, Any]:
         fields["platform"] = runtime
     if max_batch:  # proto3 prints no zero; Triton reads a missing max_batch_size as 0 (no batching)
         fields["max_batch_size"] = max_batch
+    labels = entry_labels(entry)
     for key, items in tensors.items():
         # an image input of a raw-pixel graph names its layout (ModelInput.format, field 3, before dims)
         fields[key] = [{"name": tensor_name, "data_type": dtype,
                         **({"format": f"FORMAT_{layout}"} if layout in ("NCHW", "NHWC") else {}),
                         "dims": dims[1:] if batched else dims}
                        for tensor_name, dtype, dims, layout in items]
+    if labels is not None:  # the class scores: the output whose last dimension has one entry per label
+        for output in fields["output"]:
+            if len(fields["output"]) == 1 or output["dims"][-1] == len(labels):
+                output["label_filename"] = LABELS_FILE
     if batched:
         fields["dynamic_batching"] = {}  # default settings: batches form from whatever requests are queued
     if kind == "backend":
@@ -358,7 +390,7 @@ def _stage(model: _Model, folder: Path, texts: dict[str, str]) -> None:
         if ("bytes" in record and dest.stat().st_size != record["bytes"]) or sha256_of(dest) != record["sha256"]:
             raise UsageError(f"{model.name}: {source} is not the file its manifest records (size or sha256 differs); "
                              "rebuild it with effexport build")
-    for name, text in texts.items():
+    for name, text in texts.items():  # beside config.pbtxt, or in the version folder ("1/labels.txt")
         (folder / name).write_text(text, encoding="utf-8")
 
 

@@ -48,7 +48,7 @@ def cached_reference(job: Job, onnx_result: OnnxResult, path: Path, inputs_key: 
     inputs, described = make_inputs()
     inputs = job.export.graph_io.encode(inputs, job.preprocess)  # what the graph takes (uint8 crops for raw input)
     say(f"running the PyTorch FP32 reference on {len(inputs)} inputs")
-    model, _ = build_model(job.recipe, job.weights)
+    model, _ = build_model(job.recipe, job.weights, job.num_classes)
     reference = Reference(inputs, run_torch(wrap(model, job.export.graph_io, job.preprocess), inputs), described)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), inputs=reference.inputs, outputs=reference.outputs,

@@ -22,7 +22,8 @@ from tests.calibration.conftest import calibration_folder
 
 RECIPE = "mobilenetv3_small"
 SMALL = ExportOptions(img_size=64)
-KEYS = ("version", "recipe", "preprocessing", "weights", "weights_random", "input", "output")  # input, output: io_spec
+KEYS = ("version", "recipe", "preprocessing", "weights", "weights_random", "input", "output",  # input, output: io_spec
+        "num_classes", "labels")
 
 
 def _metadata(path) -> dict[str, str]:
@@ -59,6 +60,8 @@ def test_onnx_says_recipe_preprocessing_weights_and_version(static):
     assert preprocessing["layout"] == "NCHW" and preprocessing["resize_side"] == "short"
     assert meta["effexport.weights"] == "random:0" == report["identity"]["weights"]
     assert meta["effexport.weights_random"] == "true"
+    assert meta["effexport.num_classes"] == "1000" == str(report["num_classes"])  # an ImageNet head: its labels
+    assert json.loads(meta["effexport.labels"])[:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
     assert report["onnx_metadata"] == _ours(meta)
     # the producer fields keep naming the exporter that wrote the graph
     assert ort.InferenceSession(str(static.path)).get_modelmeta().producer_name == "pytorch"

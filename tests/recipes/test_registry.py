@@ -95,3 +95,21 @@ def test_dynamic_batch_export_runs_at_any_batch(tmp_path):
     with OrtRunner(result.path) as runner:
         for n in (1, 3):
             assert runner.run(np.zeros((n, 3, 128, 128), np.float32)).shape == (n, 1000)
+
+
+@pytest.mark.parametrize("name", [r.name for r in RECIPES] + ["timm:mobilenetv3_small_050"])
+def test_every_recipe_builds_with_another_class_count_and_finds_its_classifier(name):
+    """A fine-tuned head: every builder takes num_classes, and the classifier found is the layer that makes them."""
+    from functools import partial
+
+    from effexport.exporter.checkpoint import model_head
+    from effexport.recipes import build_recipe
+
+    recipe = get_recipe(name)
+    default = model_head(build_on_meta(recipe.build))
+    assert default.num_classes == recipe.num_classes and default.in_chans in (3, 48)  # TResNet: after SpaceToDepth
+    model = build_on_meta(partial(build_recipe, recipe, num_classes=7))
+    with torch.no_grad():
+        out = model(torch.zeros(1, *recipe.input_size, device="meta"))
+    head = model_head(model)
+    assert tuple(out.shape) == (1, 7) and head.num_classes == 7 and head.in_features == default.in_features

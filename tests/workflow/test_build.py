@@ -309,3 +309,82 @@ def test_merge_refuses_onnx_external_data_outside_the_tree(tmp_path):
                                       "bytes": (folder / "model.onnx").stat().st_size}}}
     with pytest.raises(UsageError, match="external data.*leads outside"):
         _check(tmp_path / "tree", entry)
+
+
+def test_two_fine_tuned_models_with_labels_build_and_their_manifest_validates(capsys, tmp_path):
+    import timm
+    from google.protobuf import text_format
+
+    from effexport.exporter.checkpoint import randomize_batchnorm
+    from effexport.workflow.layouts import load_model_config_pb2
+
+    for name, timm_name, classes in (("pets.pth", "mobilenetv3_small_100", 37), ("birds.pth", "rexnet_100", 5)):
+        torch.manual_seed(0)
+        model = timm.create_model(timm_name, num_classes=classes).eval()
+        randomize_batchnorm(model)
+        torch.save(model.state_dict(), tmp_path / name)
+    (tmp_path / "pets.txt").write_text("".join(f"pet {i}\n" for i in range(37)))
+    (tmp_path / "birds.json").write_text(json.dumps({str(i): ["id", f"bird {i}"] for i in range(5)}))
+    path = _write(tmp_path, '''
+        [defaults]
+        targets = ["onnx", "openvino-fp32"]
+        img_size = 64
+
+        [models.pets]
+        recipe = "mobilenetv3_small"
+        weights = "pets.pth"
+        labels = "pets.txt"
+
+        [models.birds]
+        recipe = "rexnet_1.0"
+        weights = "birds.pth"
+        num_classes = 5
+        labels = "birds.json"
+        targets = ["onnx"]
+    ''')
+    out = tmp_path / "out"
+    code, _, err = run(["build", str(path), "--out", str(out), "--layout", "triton"], capsys)
+    assert code == 0, err
+    data = json.loads((out / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(manifest_schema()).validate(data)
+    got = {(a["model"], a["target"]): (a["status"], a["num_classes"], len(a["labels"]), a["outputs"][0]["shape"])
+           for a in data["artifacts"]}
+    assert got == {("pets", "onnx"): ("built", 37, 37, [1, 37]), ("pets", "openvino-fp32"): ("built", 37, 37,
+                                                                                           ["batch", 37]),
+                   ("birds", "onnx"): ("built", 5, 5, [1, 5])}
+    birds = next(a for a in data["artifacts"] if a["model"] == "birds")
+    assert birds["labels"] == [f"bird {i}" for i in range(5)]
+    pb2 = load_model_config_pb2()
+    config = text_format.Parse((out / "triton" / "birds-onnx" / "config.pbtxt").read_text(), pb2.ModelConfig())
+    assert list(config.output[0].dims) == [1, 5] and config.output[0].label_filename == "labels.txt"
+    assert (out / "triton" / "birds-onnx" / "labels.txt").read_text().splitlines()[4] == "bird 4"
+
+
+@pytest.mark.parametrize("setting, line, words", [
+    ('num_classes = "ten"', 5, "num_classes must be a positive whole number"),
+    ("num_classes = 0", 5, "num_classes must be a positive whole number"),
+    ('labels = "missing.txt"', 5, "labels"),
+])
+def test_class_count_and_labels_keys_are_checked_at_their_line(capsys, tmp_path, setting, line, words):
+    path = _write(tmp_path, f'''
+        [models.small]
+        recipe = "mobilenetv3_small"
+        img_size = 64
+        {setting}
+    ''')
+    code, _, err = run(["build", str(path), "--dry-run"], capsys)
+    assert code == 2 and f"effexport.toml:{line}:" in err and words in err, err
+
+
+def test_labels_in_the_defaults_must_match_each_models_class_count(capsys, tmp_path):
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    path = _write(tmp_path, '''
+        [defaults]
+        labels = "three.txt"
+
+        [models.small]
+        recipe = "mobilenetv3_small"
+        num_classes = 4
+    ''')
+    code, _, err = run(["build", str(path), "--dry-run"], capsys)
+    assert code == 2 and "names 3 classes but --num-classes has 4" in err, err

@@ -435,3 +435,30 @@ def test_named_null_and_unknown_dimensions_are_dynamic(root, pb2):
     entry["inputs"][0]["shape"] = ["batch", CHANNELS, -2, SIZE]
     with pytest.raises(UsageError, match="neither a size nor dynamic"):
         layouts.triton_config_text(entry, "m")
+
+
+def test_labels_become_labels_txt_named_by_the_output_and_beside_the_ovms_model(root, tmp_path, writer, pb2):
+    names = ["cat", "dog", "bird"]
+    onnx_entry = dict(ort(root), num_classes=CLASSES, labels=names)
+    ir_entry = dict(ir(root), num_classes=CLASSES, labels=names)
+    plain = ort(root, model="plain")
+    layouts.write_triton_repository([onnx_entry, ir_entry, plain], root, tmp_path / "triton")
+    for name in ("rexnet_1.0-onnxruntime-fp32", "rexnet_1.0-openvino-fp32"):
+        folder = tmp_path / "triton" / name
+        config = model_config(folder / "config.pbtxt", pb2)
+        assert config.output[0].label_filename == "labels.txt"
+        assert (folder / "labels.txt").read_text().splitlines() == names
+    plain_config = model_config(tmp_path / "triton" / "plain-onnxruntime-fp32" / "config.pbtxt", pb2)
+    assert plain_config.output[0].label_filename == ""
+    assert not (tmp_path / "triton" / "plain-onnxruntime-fp32" / "labels.txt").exists()
+    monkeypatch_free = layouts.triton_config_text(onnx_entry, "x")
+    assert 'label_filename: "labels.txt"' in monkeypatch_free
+    layouts.write_ovms_repository([ir_entry], root, tmp_path / "ovms")
+    assert (tmp_path / "ovms" / "rexnet_1.0-openvino-fp32" / "1" / "labels.txt").read_text() == "cat\ndog\nbird\n"
+
+
+@pytest.mark.parametrize("labels, match", [(["cat", "dog"], "2 labels for 3 classes"), (["a\nb", "c", "d"], "one-line"),
+                                           ("cat", "non-empty list")])
+def test_labels_that_do_not_fit_the_entry_are_refused(root, tmp_path, labels, match):
+    with pytest.raises(UsageError, match=match):
+        layouts.write_triton_repository([dict(ort(root), num_classes=CLASSES, labels=labels)], root, tmp_path / "t")
