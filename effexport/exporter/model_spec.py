@@ -78,3 +78,6 @@ class CheckpointLayout:
     preprocess: Preprocess | None = None
     native_size_only: str | None = None
     note: str | None = None  # what `effexport info` says of the layout beside its name
+    # The class count of a checkpoint in this layout, where the generic search cannot read it (PaddleClas stores
+    # Linear weights [in, out]); None: checkpoint.checkpoint_classes finds it.
+    num_classes: Callable[[Mapping[str, torch.Tensor]], int | None] | None = None

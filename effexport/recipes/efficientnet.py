@@ -29,7 +29,7 @@ from torch import nn
 
 from effexport.errors import CheckpointError
 from effexport.exporter.checkpoint import map_by_order
-from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named
+from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named, pdparams_num_classes
 from effexport.exporter.rewrite import GENERIC_REWRITES
 from effexport.recipes import FIRST_CONV, CheckpointLayout, KeepFloat, Preprocess, Recipe, register
 from effexport.recipes._timm import register_timm
@@ -156,14 +156,15 @@ def _paddle_layout(accepts: str | None) -> CheckpointLayout:
     computes another model; B0_small pads symmetrically and takes any size."""
     if accepts is None:
         return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
-                                convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams")
+                                convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams",
+                                num_classes=pdparams_num_classes)
     fixed = None if accepts == "EfficientNetB0_small" else (
         f"PaddleClas's {accepts} computes its SAME padding from a table fixed for its native "
         f"{PADDLECLAS_EVAL[accepts].crop} px input, so at another size its weights describe another model")
     return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_efficientnet,
                             convert=partial(_convert_paddle, accepts=accepts), suffix=".pdparams",
                             preprocess=PADDLECLAS_EVAL[accepts].preprocess(accepts), native_size_only=fixed,
-                            note=PADDLECLAS_FLOPS)
+                            note=PADDLECLAS_FLOPS, num_classes=pdparams_num_classes)
 
 
 for _n, _size in SIZES.items():

@@ -18,7 +18,7 @@ from functools import partial
 from torch import nn
 
 from effexport.errors import CheckpointError, UsageError
-from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named
+from effexport.exporter.pdparams import BN_PARAMS, PADDLECLAS_EVAL, convert_named, pdparams_num_classes
 from effexport.exporter.rewrite import GENERIC_REWRITES
 from effexport.recipes import CheckpointLayout, Recipe, register
 from effexport.recipes._timm import register_timm, timm_preprocess
@@ -76,6 +76,7 @@ def _paddle_layout(model: str) -> CheckpointLayout:
     """PaddleClas ResNeXt `.pdparams`, whose weights carry PaddleClas's evaluation transform for `model`."""
     return CheckpointLayout(name="PaddleClas .pdparams", detect=_is_paddle_resnext, convert=_convert_paddle,
                             suffix=".pdparams", preprocess=PADDLECLAS_EVAL[model].preprocess(model),
+                            num_classes=pdparams_num_classes,
                             note="PaddleClas's FLOPs column is not MACs: it fits 2 x (dense conv and FC MACs + grouped "
                                  "conv MACs / groups) (32x8d: 29.13 G against its 29.14 G)")
 

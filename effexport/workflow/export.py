@@ -124,7 +124,8 @@ def checkpoint_num_classes(recipe: Recipe, sd: dict, num_classes: int | None, wh
     """The class count a checkpoint's classifier has (found on a meta-device build of the recipe), checked against
     `num_classes` (--num-classes) when given; refuses a first convolution over another number of input channels."""
     head = model_head(build_on_meta(partial(build_recipe, recipe, num_classes=num_classes)))
-    found = checkpoint_classes(head, sd)
+    layout = next((lay for lay in recipe.layouts if lay.num_classes is not None and lay.detect(sd)), None)
+    found = layout.num_classes(sd) if layout is not None else checkpoint_classes(head, sd)
     if found is not None and num_classes is not None and found != num_classes:
         raise CheckpointError(f"{what}'s classifier has {found} classes, but --num-classes says {num_classes}: "
                               f"give --num-classes {found}, or the checkpoint trained for {num_classes} classes")

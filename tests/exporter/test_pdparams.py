@@ -88,7 +88,7 @@ def test_paddleclas_efficientnet_loads_exactly(tmp_path, request, recipe, protoc
               "tf_efficientnet_b3": lambda: request.getfixturevalue("b3")}.get(recipe, lambda: _source(recipe))()
     path = write_pdparams(tmp_path / "model.pdparams", *efficientnet_to_paddle(source), protocol=protocol)
     model = get_recipe(recipe).build(False)
-    loaded = load_weights(model, path, get_recipe(recipe))
+    loaded = load_weights(model, path, get_recipe(recipe).layouts)
     assert loaded.layout == "PaddleClas .pdparams"
     _assert_same(model, source)
 
@@ -103,10 +103,10 @@ def test_fine_tuned_efficientnet_head(tmp_path):
 
     recipe = get_recipe("tf_efficientnet_b0")
     model = timm.create_model("tf_efficientnet_b0", num_classes=10).eval()
-    load_weights(model, path, recipe)
+    load_weights(model, path, recipe.layouts)
     _assert_same(model, source)
     with pytest.raises(CheckpointError, match=r"_fc.weight \(1280, 10\).*classifier has 10 classes, the model 1000"):
-        load_weights(recipe.build(False), path, recipe)
+        load_weights(recipe.build(False), path, recipe.layouts)
 
 
 @pytest.mark.parametrize("file, recipe, match", [
@@ -122,7 +122,7 @@ def test_wrong_efficientnet_variant_is_refused_naming_the_file(tmp_path, request
     source = _source("efficientnet_b0_small") if file == "small" else request.getfixturevalue(file)
     path = write_pdparams(tmp_path / "w.pdparams", *efficientnet_to_paddle(source))
     with pytest.raises(CheckpointError, match=match):
-        load_weights(get_recipe(recipe).build(False), path, get_recipe(recipe))
+        load_weights(get_recipe(recipe).build(False), path, get_recipe(recipe).layouts)
 
 
 def test_efficientnet_variant_table_matches_timm():
@@ -144,7 +144,7 @@ def test_strict_efficientnet_lists_problems_in_paddle_names(tmp_path, b0):
     params["_ef._blocks.1.._se._conv3._conv.weight"] = np.zeros((4, 4), np.float32)
     path = write_pdparams(tmp_path / "w.pdparams", params, names)
     with pytest.raises(CheckpointError) as info:
-        load_weights(get_recipe("tf_efficientnet_b0").build(False), path, get_recipe("tf_efficientnet_b0"))
+        load_weights(get_recipe("tf_efficientnet_b0").build(False), path, get_recipe("tf_efficientnet_b0").layouts)
     message = str(info.value)
     assert "missing: _ef._blocks.1.._se._conv1._conv.bias" in message
     assert "unexpected: _ef._blocks.1.._se._conv3._conv.weight" in message and "\n" not in message
@@ -154,15 +154,14 @@ def test_strict_efficientnet_lists_problems_in_paddle_names(tmp_path, b0):
 def test_paddleclas_resnext_key_mapping(width):
     """Every WSL width, on the meta device: the converter uses every Paddle entry and fills every one of ours, and
     the file's own name table (torchvision's names) agrees with where each entry lands."""
-    from effexport.recipes.resnext_wsl import PADDLE_LAYOUT
-
     recipe = get_recipe(f"resnext101_32x{width}d_wsl")
+    (layout,) = [lay for lay in recipe.layouts if lay.name == "PaddleClas .pdparams"]
     with torch.device("meta"):
         model = recipe.build(False)
     params, names = resnext_to_paddle(model, tensors=True)
     assert "_conv3_22._conv1._conv.weight" in params and "_conv2_0._short._conv._bn._variance" in params
-    assert PADDLE_LAYOUT in recipe.layouts and PADDLE_LAYOUT.detect(params)
-    out = PADDLE_LAYOUT.convert(params, model)
+    assert layout.detect(params) and layout.suffix == ".pdparams"
+    out = layout.convert(params, model)
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert set(out) == set(own) and all(out[k].shape == own[k].shape for k in own)
     assert sorted(names.values()) == sorted(own)  # PaddleClas's ParamAttr names are torchvision's keys
@@ -171,7 +170,7 @@ def test_paddleclas_resnext_key_mapping(width):
             wider = get_recipe("resnext101_32x16d_wsl").build(False)
         with pytest.raises(CheckpointError, match="PaddleClas ResNeXt101_32x16d_wsl; this recipe takes PaddleClas "
                                                   "ResNeXt101_32x8d_wsl: use recipe resnext101_32x16d_wsl"):
-            PADDLE_LAYOUT.convert(resnext_to_paddle(wider, tensors=True)[0], model)
+            layout.convert(resnext_to_paddle(wider, tensors=True)[0], model)
 
 
 def test_paddleclas_resnext101_32x8d_loads_exactly(tmp_path):
@@ -181,7 +180,7 @@ def test_paddleclas_resnext101_32x8d_loads_exactly(tmp_path):
     path = write_pdparams(tmp_path / "ResNeXt101_32x8d_wsl_pretrained.pdparams", *resnext_to_paddle(source))
     assert pdparams_num_classes(read_checkpoint(path)) == 1000
     model = recipe.build(False)
-    assert load_weights(model, path, recipe).layout == "PaddleClas .pdparams"
+    assert load_weights(model, path, recipe.layouts).layout == "PaddleClas .pdparams"
     _assert_same(model, source)
 
 
@@ -335,7 +334,7 @@ def test_matches_paddlepaddle_inference(tmp_path, paddle_name, recipe, size):
     x = rng.standard_normal((2, 3, size, size)).astype("float32")
     expected = layer(paddle.to_tensor(x)).numpy()
     model = get_recipe(recipe).build(False)
-    load_weights(model, path, get_recipe(recipe))
+    load_weights(model, path, get_recipe(recipe).layouts)
     with torch.no_grad():
         got = model(torch.from_numpy(x)).numpy()
     assert np.abs(got - expected).max() <= 1e-5 * (expected.max() - expected.min())
