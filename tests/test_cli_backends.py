@@ -59,7 +59,7 @@ def test_verify_table_json_and_exit_codes(capsys, tmp_path):
     assert table["passed"] and [(r["backend"], r["precision"], r["status"]) for r in table["rows"]] == [
         ("onnxruntime", "fp32", "passed"), ("onnxruntime", "fp16", "passed"), ("openvino", "fp32", "passed"),
         ("openvino", "fp16", "passed")]
-    assert table["policy"]["fp32"] == {"max_rel": 1e-4}
+    assert table["policy"]["fp32"] == {"max_rel": 1e-4, "rule": "top-k"}
 
     code, out, err = run([*args, "--tolerance", "fp32:max_rel=1e-12"], capsys)
     assert code == 3 and "2 of 2 checks failed" in err and "relative error" in err

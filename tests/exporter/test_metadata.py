@@ -23,7 +23,7 @@ from tests.calibration.conftest import calibration_folder
 RECIPE = "mobilenetv3_small"
 SMALL = ExportOptions(img_size=64)
 KEYS = ("version", "recipe", "preprocessing", "weights", "weights_random", "input", "output",  # input, output: io_spec
-        "num_classes", "labels")
+        "num_classes", "labels", "exporter")
 
 
 def _metadata(path) -> dict[str, str]:
