@@ -103,7 +103,8 @@ def test_verify_int8_runs_each_backends_form_in_one_table(capsys, deploy_out, ca
     assert rows["openvino", "int8"]["artifact"].endswith("openvino-int8-64px/model.xml")
     assert rows["onnxruntime", "int8"]["parity"]["samples"] == 126 and rows["onnxruntime", "fp32"]["parity"][
         "samples"] == 16
-    assert table["policy"]["int8"] == {"min_cosine": 0.99, "min_top1": 0.95, "rule": "top-k"} and table["int8_calibration"]
+    assert table["policy"]["int8"] == {"min_cosine": 0.99, "min_top1": 0.95, "rule": "top-k"}
+    assert table["int8_calibration"]
     flat = " ".join(stdout.split())
     assert "int8 compared over 126 views of 42 held-out photographs" in flat and "INT8 PARITY NOT ENFORCED" in err
     # random weights: outside an impossible tolerance is reported, not a failure

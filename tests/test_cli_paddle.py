@@ -58,6 +58,7 @@ def test_paddleclas_weights_export_with_paddleclas_preprocessing(tmp_path, capsy
     assert json.loads(metadata["effexport.preprocessing"])["origin"] == pp["origin"]
 
 
+@pytest.mark.slow  # 88M parameters: about 20 s; test_pdparams loads the same layout exactly in the default run
 def test_paddleclas_resnext_exports_to_onnx_and_openvino(tmp_path, capsys):
     weights = _paddle_file(tmp_path, "resnext101_32x8d_wsl", protocol=4)
     out = tmp_path / "out"
