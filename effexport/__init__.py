@@ -79,6 +79,7 @@ def export_onnx(name: str, *, opset: int = BACKEND_OPSET, exporter: str = "auto"
                 resolution: int | None = None, budget_mflops: float | None = None,
                 query_table: StrPath | None = None, calib: StrPath | None = None,
                 num_classes: int | None = None, labels: StrPath | None = None,
+                output: str = "logits", input: str = "float", bgr: bool = False, heldout: StrPath | None = None,
                 progress: Progress | None = None) -> OnnxResult:
     """`effexport onnx`: export a recipe to ONNX, check and simplify it, and verify it against PyTorch in ONNX
     Runtime (ParityError outside the tolerance). Reused while nothing that shapes it changed, unless `force`."""
@@ -86,7 +87,8 @@ def export_onnx(name: str, *, opset: int = BACKEND_OPSET, exporter: str = "auto"
                dynamic_batch=dynamic_batch, simplify=simplify, images=images, tolerance=tolerance, calib=calib,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
                force=force,
-               exporter=exporter, num_classes=num_classes, labels=labels)
+               exporter=exporter, num_classes=num_classes, labels=labels, output=output, input=input, bgr=bgr,
+               heldout=heldout)
     from effexport.workflow.export import export_recipe
 
     return export_recipe(job, progress)
@@ -100,6 +102,7 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
                   calib_size: int | None = None, width: float | None = None, resolution: int | None = None,
                   budget_mflops: float | None = None, query_table: StrPath | None = None, out: StrPath = DEFAULT_OUT,
                   force: bool = False, num_classes: int | None = None, labels: StrPath | None = None,
+                  output: str = "logits", input: str = "float", bgr: bool = False, heldout: StrPath | None = None,
                   progress: Progress | None = None) -> Artifact:
     """`effexport openvino` / `effexport trt`, for any backend: build (or reuse) the backend's artifact at
     `precision` from the verified dynamic-batch ONNX and check it against PyTorch. `options` are the backend's own
@@ -113,7 +116,8 @@ def build_backend(name: str, backend: str, precision: str = "fp32", *, options: 
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=force,
-               exporter=exporter, num_classes=num_classes, labels=labels)
+               exporter=exporter, num_classes=num_classes, labels=labels, output=output, input=input, bgr=bgr,
+               heldout=heldout)
     from effexport.workflow.deploy import deploy
 
     return deploy(job, backend, precision, options, progress)
@@ -126,6 +130,7 @@ def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax"
               resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
               out: StrPath = DEFAULT_OUT, force: bool = False, enforce_all: bool = True,
               num_classes: int | None = None, labels: StrPath | None = None,
+              output: str = "logits", input: str = "float", bgr: bool = False, heldout: StrPath | None = None,
               progress: Progress | None = None) -> Int8Result:
     """`effexport calibrate`: calibrate the verified dynamic-batch ONNX and build every INT8 form (QDQ ONNX, ONNX
     Runtime CPU, NNCF OpenVINO when `openvino` is not False and it is installed). With `enforce_all` (the CLI's
@@ -134,7 +139,8 @@ def calibrate(name: str, *, calib: StrPath | None = None, method: str = "minmax"
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, seed=seed, openvino=openvino,
                width=width, resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out,
                force=force,
-               exporter=exporter, num_classes=num_classes, labels=labels)
+               exporter=exporter, num_classes=num_classes, labels=labels, output=output, input=input, bgr=bgr,
+               heldout=heldout)
     from effexport.workflow.deploy import calibrate as calibrate_job
 
     return calibrate_job(job, enforce=None if enforce_all else (), progress=progress)
@@ -147,7 +153,9 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
            img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto", width: float | None = None,
            resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
            out: StrPath = DEFAULT_OUT, check: bool = True, num_classes: int | None = None,
-           labels: StrPath | None = None, progress: Progress | None = None) -> VerifyResult:
+           labels: StrPath | None = None,
+           output: str = "logits", input: str = "float", bgr: bool = False, heldout: StrPath | None = None,
+           progress: Progress | None = None) -> VerifyResult:
     """`effexport verify`: run each backend (default: every one available here) at each precision on the same
     inputs and compare with PyTorch FP32; writes verify.json. With `check` (the CLI's behaviour) any failed row
     raises ParityError after the table is written; otherwise inspect `result.passed` and `result.failures`.
@@ -162,7 +170,8 @@ def verify(name: str, *, backends: str | Sequence[str] | None = None, precisions
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=images,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False,
-               exporter=exporter, num_classes=num_classes, labels=labels)
+               exporter=exporter, num_classes=num_classes, labels=labels, output=output, input=input, bgr=bgr,
+               heldout=heldout)
     from effexport.backends.openvino import OvOptions
     from effexport.workflow.verify import verify_recipe
 
@@ -180,6 +189,7 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
           img_size: int | None = None, opset: int = BACKEND_OPSET, exporter: str = "auto", width: float | None = None,
           resolution: int | None = None, budget_mflops: float | None = None, query_table: StrPath | None = None,
           out: StrPath = DEFAULT_OUT, num_classes: int | None = None, labels: StrPath | None = None,
+          output: str = "logits", input: str = "float", bgr: bool = False, heldout: StrPath | None = None,
           progress: Progress | None = None,
           on_run: Callable[[str, int, int], None] | None = None) -> BenchResult:
     """`effexport bench`: time PyTorch eager (the baseline, always run) and each backend with one harness at each
@@ -201,7 +211,8 @@ def bench(name: str, *, backends: str | Sequence[str] = ("torch", "onnxruntime",
     job = _job(name, weights=weights, pretrained=pretrained, ema=ema, img_size=img_size, opset=opset, images=None,
                tolerance=tolerance, calib=calib, method=method, calib_size=calib_size, width=width,
                resolution=resolution, budget_mflops=budget_mflops, query_table=query_table, out=out, force=False,
-               exporter=exporter, num_classes=num_classes, labels=labels)
+               exporter=exporter, num_classes=num_classes, labels=labels, output=output, input=input, bgr=bgr,
+               heldout=heldout)
     check_backends(chosen)
     return bench_recipe(job, chosen, sizes, wanted, threads, config, options=dict(options) if options else None,
                         chart=chart, progress=progress, on_run=on_run)

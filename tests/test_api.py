@@ -91,3 +91,16 @@ def test_bad_input_raises_usage_error_before_any_work(call, tmp_path):
     with pytest.raises(UsageError):
         call(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_api_takes_the_graph_ends_and_the_exporter(tmp_path):
+    """The options of the commands reach the Python API too: a sigmoid head on raw NHWC bytes through torch.export."""
+    import json
+
+    import effexport
+
+    result = effexport.export_onnx("mobilenetv3_small", img_size=64, opset=18, exporter="dynamo", output="sigmoid",
+                                   input="uint8-nhwc", num_classes=5, out=tmp_path)
+    report = json.loads(result.report_path.read_text())
+    assert report["exporter"] == "dynamo" and report["num_classes"] == 5
+    assert report["inputs"][0]["dtype"] == "uint8" and report["parity"]["onnxruntime"]["rule"] == "label-set@0.5"
