@@ -55,17 +55,38 @@ def test_init_writes_an_example_that_plans_and_refuses_to_overwrite(capsys, tmp_
     ('[models.a]\nrecipe = "rexnet_1.0"\n[models.a.tensorrt]\nmax_bach = 8\n', 4, ["'max_bach'", "'max_batch'"]),
     ('[model.a]\nrecipe = "rexnet_1.0"\n', 1, ["unknown table or key 'model'", "'models'"]),
     ('[models.a]\nrecipe = "rexnet_1.0"\nweights = "missing.pth"\n', 1, ["[models.a]", "missing.pth does not exist"]),
-    ('[models.a]\nrecipe = "rexnet_1.0"\nimg_size = 16\n', 1, ["--img-size must be at least 32"]),
+    ('[models.a]\nrecipe = "rexnet_1.0"\nimg_size = 16\n', 3, ["--img-size must be at least 32"]),
     ('[models.a\nrecipe = 1\n', None, ["not valid TOML"]),
+    # values by type and range, each with its own line
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = "abc"\n', 3, ['img_size = "abc": expected a whole number']),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = 224.5\n', 3, ["img_size = 224.5: expected a whole number"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = [224]\n', 3, ["img_size = [224]: expected a whole number"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = 100000\n', 3, ["must be at most 2048", "120 GB"]),
+    ('[defaults]\nimg_size = true\n[models.a]\nrecipe = "mobilenetv3_small"\n', 2, ["[defaults] img_size = true"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nweights = 5\n', 3, ["weights = 5: expected a path"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ntargets = "onnx"\n', 3, ['targets = "onnx": expected a non-']),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ntargets = []\n', 3, ["targets = []: expected a non-empty list"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ncalib_size = 0\n', 3, ["calib_size = 0: expected a whole"]),
+    ('[models.a]\nrecipe = "rexnet_1.0"\n[models.a.tensorrt]\nmax_batch = "8"\n', 4, ['max_batch = "8"']),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ncalib = "empty"\n', 1, ["--calib", "holds no image files"]),
+    # a model's folder must be inside --out and no file effexport writes there
+    ('[models."."]\nrecipe = "mobilenetv3_small"\n', 1, ["model name '.' is not usable"]),
+    ('[models.".."]\nrecipe = "mobilenetv3_small"\n', 1, ["model name '..' is not usable"]),
+    ('[models.a]\nrecipe = "rexnet_1.0"\n[models."manifest.json"]\nrecipe = "mobilenetv3_small"\n', 3,
+     ["model name 'manifest.json' is not usable"]),
+    ('[models."summary.md"]\nrecipe = "mobilenetv3_small"\n', 1, ["'summary.md' is not usable"]),
+    ('[models.triton]\nrecipe = "mobilenetv3_small"\n', 1, ["'triton' is not usable"]),
+    ('[models.".lock"]\nrecipe = "mobilenetv3_small"\n', 1, ["'.lock' is not usable"]),
 ])
 def test_a_malformed_build_file_is_refused_with_file_line_and_closest_name(capsys, tmp_path, text, line, words):
     path = _write(tmp_path, text)
+    (tmp_path / "empty").mkdir()  # a calibration folder without images
     code, _, err = run(["build", str(path), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "Traceback" not in err
     assert f"{path}:{line}:" in err if line else f"{path}:" in err
     for word in words:
         assert word in err
-    assert not (tmp_path / "out").exists()  # nothing built, nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["effexport.toml", "empty"]  # nothing built or written
 
 
 def test_build_then_reuse_then_rebuild_only_the_model_whose_weights_changed(capsys, tmp_path):
