@@ -359,3 +359,54 @@ def test_int8_openvino_shards_are_byte_identical_to_one_full_build(capsys, tmp_p
     code, _, err = run(["merge", str(tmp_path / "full"), str(tmp_path / "shard1"), "--out", str(tmp_path / "m")],
                        capsys)
     assert code == 0, err  # a shard and a full build of one file agree
+
+
+def test_merge_says_which_shards_are_missing_keeps_the_union_and_refuses_the_root_as_a_folder(capsys, tmp_path):
+    import shutil
+
+    path = _write(tmp_path, f'''
+        [defaults]
+        targets = ["onnx"]
+        [models.a]
+        {SMALL}
+        [models.b]
+        {SMALL}
+    ''')
+    for i in (1, 2):
+        code, _, err = run(["build", str(path), "--shard", f"{i}/2", "--out", str(tmp_path / f"shard{i}")], capsys)
+        assert code == 0, err
+    one, two, out = tmp_path / "shard1", tmp_path / "shard2", tmp_path / "merged"
+
+    def manifest():
+        data = json.loads((out / "manifest.json").read_text())
+        jsonschema.Draft202012Validator(manifest_schema()).validate(data)
+        return data
+
+    for given in ([one], [one, one]):  # a tree that would look complete
+        code, _, err = run(["merge", *map(str, given), "--out", str(out)], capsys)
+        assert code == 2 and "shard 2/2 of 2 missing" in err and "--partial" in err and not out.exists()
+    code, _, err = run(["merge", str(one), str(one), "--out", str(out), "--partial"], capsys)
+    assert code == 0 and "2/2 missing" in err
+    data = manifest()
+    assert data["partial"] == {"shards": 2, "missing": ["2/2"]} and len(data["merged_from"]) == 1
+    assert len(data["artifacts"]) == 1
+
+    code, _, err = run(["merge", str(two), "--out", str(out)], capsys)  # the rest, into the partial tree
+    assert code == 0, err
+    data = manifest()
+    assert "partial" not in data and {a["model"] for a in data["artifacts"]} == {"a", "b"}
+    assert {m["shard"] for m in data["merged_from"]} == {"1/2", "2/2"}
+    code, _, err = run(["merge", str(one), "--out", str(out)], capsys)  # a subset into a complete tree: no shrinking
+    assert code == 0, err
+    assert {a["model"] for a in manifest()["artifacts"]} == {"a", "b"} and "partial" not in manifest()
+
+    rogue = tmp_path / "rogue"
+    shutil.copytree(one, rogue)
+    data = json.loads((rogue / "manifest.json").read_text())
+    data["shard"] = "1/1"
+    summary = rogue / "SUMMARY.md"
+    data["artifacts"][0].update(folder=".", main="SUMMARY.md", files={"SUMMARY.md": {
+        "sha256": sha256_of(summary), "bytes": summary.stat().st_size}})
+    (rogue / "manifest.json").write_text(json.dumps(data))
+    code, _, err = run(["merge", str(rogue), "--out", str(tmp_path / "m2")], capsys)
+    assert code == 2 and "is not an artifact folder of model" in err and not (tmp_path / "m2").exists()
