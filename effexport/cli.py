@@ -583,6 +583,9 @@ def merge_cmd(
     out: Annotated[Path, typer.Option("--out", help="The merged tree and manifest.json.")] = Path("effexport-merged"),
     layout: Annotated[list[str] | None, typer.Option(
         "--layout", help="Also write a serving repository: triton or ovms (repeatable).")] = None,
+    partial: Annotated[bool, typer.Option(
+        "--partial", help="Merge even when some shards of the build are missing; the manifest records which.")]
+    = False,
 ) -> None:
     """Combine build outputs from other machines into one tree and one manifest; refuses conflicting artifacts,
     files whose sha256 differs from their manifest, and any path that leads outside its tree."""
@@ -591,7 +594,7 @@ def merge_cmd(
     from effexport.workflow.merge import merge
 
     layouts = tuple(parse_list(",".join(layout), LAYOUTS, "layout")) if layout else ()
-    printers.print_merge(folders, merge(folders, out, layouts))
+    printers.print_merge(folders, merge(folders, out, layouts, partial=partial))
 
 
 # ---------------------------------------------------------------------------------------------- entry point

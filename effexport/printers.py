@@ -426,6 +426,10 @@ def print_merge(folders, result) -> None:
                   markup=False)
     for name in result.repositories:
         console.print(f"{name} repository: {result.out / name}", markup=False)
+    if result.missing_shards:
+        err.print(f"[yellow]partial:[/] shard{'s' if len(result.missing_shards) > 1 else ''} "
+                  f"{escape(', '.join(result.missing_shards))} missing (--partial); the manifest records it",
+                  highlight=False)
 
 
 def print_error(message: str) -> None:

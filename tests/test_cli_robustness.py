@@ -181,3 +181,43 @@ def test_a_really_full_disk_exits_5_and_leaves_nothing(capsys, tmp_path):
         assert [p.name for p in (full / "out" / "rexnet_1.0").iterdir()] == [artifacts.LOCK_FILE]
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_calib_without_images_exits_2_before_any_work(capsys, tmp_path, monkeypatch):
+    from effexport.workflow import export as pipeline
+
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "notes.txt").write_text("no photographs here")
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    code, _, err = run(["openvino", RECIPE, *SMALL, "--precision", "int8", "--calib", str(tmp_path / "calib"),
+                        "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "holds no image files" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_init_where_it_cannot_write_names_the_path_not_out(capsys, tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, _, err = run(["build", str(tmp_path / "effexport.toml"), "--init"], capsys)
+    assert code == 2 and "cannot be written" in err and "Read-only file system" in err
+    assert "--out" not in err and "effexport build <folder>/effexport.toml --init" in err
+
+
+def test_a_second_process_says_once_whom_it_waits_for_however_often_it_waits(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom effexport.exporter.artifacts import folder_lock\n"
+        "for i in range(3):  # a build takes a model's lock once per target\n"
+        f"    with folder_lock({str(tmp_path)!r}, 'effexport build a.toml'):\n"
+        "        print('held', flush=True)\n        time.sleep(1.0)\n"
+        "    time.sleep(0.5)\n")], stdout=subprocess.PIPE, text=True)
+    said = []
+    for _ in range(3):
+        assert holder.stdout.readline().strip() == "held"
+        with folder_lock(tmp_path, "test", wait_message=said.append):
+            pass
+    holder.wait()
+    assert len(said) == 1 and "effexport build a.toml" in said[0]

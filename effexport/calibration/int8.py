@@ -446,7 +446,9 @@ def _recheck(dest: Path, manifest: dict, enforced: set[str], tolerance: Toleranc
 
 def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, cpu: dict, images: Path | None,
                  random_weights: bool) -> str:
-    key = {"cache": cache_key_, "openvino": openvino, "rules": [asdict(r) for r in rules],
+    key = {"cache": cache_key_, "openvino": openvino,
+           **({"openvino_names": "generated names in graph order"} if openvino else {}),
+           "rules": [asdict(r) for r in rules],
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
            "parity_images": images_key(images),
            "heldout": heldout_digest(), "random_weights": random_weights, "versions": tool_versions(),

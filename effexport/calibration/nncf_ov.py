@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effexport.backends.openvino import copy_metadata
+from effexport.backends.openvino import copy_metadata, number_generated_names
 from effexport.calibration.qdq import FloatLayer
 from effexport.errors import MissingDependencyError
 
@@ -87,10 +87,14 @@ def quantize_openvino(fp32_onnx: Path, inputs: np.ndarray, keep_float: list[Floa
                               advanced_parameters=AdvancedQuantizationParameters(
                                   overflow_fix=fix, activations_quantization_params=QuantizationParameters(
                                       per_channel=False)))
+    # NNCF and the converter name the nodes they make from counters global to the process (`Reshape_1054083` in a
+    # full build, `Reshape_12322` in a shard that built the model first): numbered in graph order, as the FP32 IR
+    # is, the same model gives the same model.xml whichever process or shard built it.
+    renamed = number_generated_names(quantized)
     # The FP32 export's metadata (recipe, preprocessing, class count, labels) into rt_info, as for the FP32 IR.
     copy_metadata(fp32_onnx, quantized)
     # compress_to_fp16=False: the non-quantized weights (keep-float layers, biases) stay FP32 as verified.
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize", "preset": "performance (default)", "subset_size": len(inputs),
             "bias_correction": "full", "activations": "per tensor",
-            "overflow_fix": fix.value, "ignored_ops": ignored}
+            "overflow_fix": fix.value, "ignored_ops": ignored, "generated_names_renumbered": renamed}

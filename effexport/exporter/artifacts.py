@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -210,6 +211,9 @@ def remove_stale_work(folder: Path) -> list[Path]:
 
 
 _held: dict[Path, int] = {}  # lock path -> depth, so that nested workflow calls in one process share the lock
+# (lock path, holder) pairs this process has already said it waits for: a build takes a model's lock once per
+# target, so a second build behind a first one would otherwise say the same thing once per target.
+_announced: set[tuple[Path, str]] = set()
 _held_guard = threading.Lock()
 
 
@@ -246,9 +250,15 @@ def folder_lock(folder: Path, what: str, wait_message: Callable[[str], None] | N
                 handle.seek(0)
                 holder = handle.read().strip() or "another effexport process"
                 message = f"waiting for {holder} to finish with {folder}"
-                log.warning(message)
-                if wait_message is not None:
-                    wait_message(message)
+                who = re.match(r"effexport \(pid [0-9]+", holder)
+                key = (path, who.group(0) if who else holder)
+                if key in _announced:
+                    log.info(message)
+                else:
+                    _announced.add(key)
+                    log.warning(message)
+                    if wait_message is not None:
+                        wait_message(message)
                 started = time.monotonic()
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 log.info("got the lock of %s after %.1f s", folder, time.monotonic() - started)

@@ -337,7 +337,24 @@ def strict_load(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+    check_finite(sd, what)
     model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse weights holding NaN or infinity: the user's checkpoint is damaged (or its training diverged), and left
+    in, they surface much later as a rewrite or parity failure that looks like ours."""
+    bad = []
+    for key, tensor in sd.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {tensor.numel()} values)")
+    if bad:
+        shown = ", ".join(bad[:6]) + (f", ... ({len(bad)} tensors in all)" if len(bad) > 6 else "")
+        raise CheckpointError(f"{what} holds NaN or infinite weights: {shown}; the checkpoint is damaged or its "
+                              f"training diverged: export a finite checkpoint (an earlier epoch, or the EMA weights "
+                              f"with --ema)")
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:

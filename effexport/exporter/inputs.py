@@ -52,9 +52,9 @@ def preprocess_images(images: list[Image.Image], pp: Preprocess) -> np.ndarray:
         return np.zeros((0, 3, *pp.crop_size), dtype=np.float32)
     if pp.timm_transform:
         transform = _make_uint8_transform(pp)
-        pixels = np.stack([transform(im.convert("RGB")).numpy() for im in images])
+        pixels = np.stack([transform(to_rgb(im)).numpy() for im in images])
     else:
-        pixels = np.stack([resize_crop(im.convert("RGB"), pp) for im in images])
+        pixels = np.stack([resize_crop(to_rgb(im), pp) for im in images])
     mean = np.asarray(pp.mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(pp.std, dtype=np.float32).reshape(1, 3, 1, 1)
     return np.ascontiguousarray((pixels.astype(np.float32) / np.float32(255) - mean) / std)
@@ -99,15 +99,34 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
 
 
+# Pillow's modes of one 16- or 32-bit integer channel (a 16-bit greyscale PNG opens as I;16), and their full scale.
+WIDE_GREY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB as the models were trained on. `convert("RGB")` clips a 16-bit greyscale image to 255 (99.6% of one
+    photograph's pixels), so those are scaled from their full range (65535 -> 255; a 32-bit `I` image is taken as
+    16-bit, as PNG and TIFF write it). 16-bit RGB PNGs Pillow already opens as 8-bit RGB, correctly scaled. Alpha is
+    dropped, keeping the colours as stored (what torchvision's loader does; no compositing onto a background), and
+    CMYK goes through Pillow's formula without the file's ICC profile, so colours may be off for print-managed
+    files."""
+    if im.mode in WIDE_GREY:
+        pixels = np.asarray(im, dtype=np.float64) * (255.0 / WIDE_GREY[im.mode])
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":  # float greyscale (TIFF): values beyond 0..255 are clipped, as Pillow does
+        return Image.fromarray(np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
 def read_images(paths: list[Path], root: Path | None = None) -> ImageSet:
-    """Open images, skipping (and recording) unreadable or corrupt files."""
+    """Open images as 8-bit RGB (to_rgb), skipping (and recording) unreadable or corrupt files."""
     out = ImageSet([], [])
     for path in paths:
         name = str(path.relative_to(root)) if root else path.name
         try:
             with Image.open(path) as im:
                 im.load()
-                out.images.append(im.convert("RGB"))
+                out.images.append(to_rgb(im))
                 out.names.append(name)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             out.skipped.append((name, f"{type(exc).__name__}: {str(exc)[:120]}"))

@@ -66,6 +66,49 @@ BACKEND_TARGETS = ("onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8", "
                    "openvino-int8", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8")
 ONNX_TARGET = re.compile(r"^onnx(-dynamic|-b[1-9][0-9]*)?$")
 TARGET_HELP = "onnx, onnx-dynamic, onnx-b<N>, " + ", ".join(BACKEND_TARGETS)
+LAYOUTS = ("triton", "ovms")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML's true is no count
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The type (and range) of every value, checked before any work: what the value must be, and the test. A key that
+# is absent here is checked where it is used.
+_TEXT = ("a string", lambda v: isinstance(v, str))
+_PATH = ("a path (a non-empty string)", lambda v: isinstance(v, str) and v.strip() != "")
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+_COUNT = ("a whole number of at least 1", lambda v: _is_int(v) and v >= 1)
+VALUE_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "recipe": _TEXT, "weights": _PATH, "pretrained": _BOOL, "ema": _BOOL,
+    "img_size": ("a whole number of pixels (e.g. 224)", _is_int), "opset": ("a whole number (e.g. 17)", _is_int),
+    "simplify": _BOOL, "images": _PATH, "calib": _PATH, "calib_size": _COUNT, "method": _TEXT,
+    "seed": ("a whole number of at least 0", lambda v: _is_int(v) and v >= 0),
+    "tolerance": ("a string or a list of strings, as --tolerance takes them",
+                  lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v))),
+    "targets": ("a non-empty list of target names, e.g. [\"onnx\", \"openvino-fp32\"]",
+                lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(t, str) for t in v)),
+    "tensorrt": ("a table ([<table>.tensorrt])", lambda v: isinstance(v, dict)),
+    "width": ("a number", _is_number), "resolution": ("a whole number of pixels", _is_int),
+    "budget_mflops": ("a positive number", lambda v: _is_number(v) and v > 0), "query_table": _PATH,
+    "bench": _BOOL, "bench_batches": ("a non-empty list of whole numbers of at least 1",
+                                      lambda v: isinstance(v, list) and len(v) > 0
+                                      and all(_is_int(b) and b >= 1 for b in v)),
+    "bench_iters": _COUNT, "output": _TEXT, "input": _TEXT, "bgr": _BOOL, "heldout": _PATH,
+    "labels": _PATH, "exporter": _TEXT,  # num_classes: checked with its own message where it is read
+}
+TENSORRT_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "min_batch": _COUNT, "opt_batch": _COUNT, "max_batch": _COUNT,
+    "workspace_gb": ("a positive number", lambda v: _is_number(v) and v > 0), "hardware_compat": _TEXT,
+    "version_compatible": _BOOL,
+}
+# Names effexport itself uses at the top of an output root; a model folder of the same name would collide with them.
+# Hidden names are effexport's too (.lock, .staging-*, its write checks).
+RESERVED_NAMES = ("manifest.json", "SUMMARY.md", *LAYOUTS)
 
 
 @dataclass(frozen=True)
@@ -157,7 +200,9 @@ def _line_of(text: str, key: str, table: str | None = None) -> int:
         if assignment.match(lines[i]):
             return i + 1
     own = header(f"{table}.{key}" if table else key)
-    return next((i + 1 for i, line in enumerate(lines) if own.match(line)), max(start, 1))
+    prefix = r"\s*\.\s*".join(map(re.escape, table.split("."))) + r"\s*\.\s*" if table else ""
+    quoted = re.compile(r"^\s*\[\s*" + prefix + "[\"']" + re.escape(key) + r"[\"']\s*[.\]]")  # [models."a.b"]
+    return next((i + 1 for i, line in enumerate(lines) if own.match(line) or quoted.match(line)), max(start, 1))
 
 
 def _refuse(path: Path, text: str, message: str, key: str, table: str | None = None) -> UsageError:
@@ -180,8 +225,13 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
         if key not in TOP_KEYS:
             raise _refuse(path, text, f"unknown table or key {key!r}{_closest(key, TOP_KEYS)}", key)
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise _refuse(path, text, "defaults must be a table ([defaults])", "defaults")
     _check_keys(path, text, defaults, DEFAULT_KEYS, "defaults")
+    _check_values(path, text, defaults, "defaults")
     models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise _refuse(path, text, "models must be tables ([models.<name>])", "models")
     if not models:
         raise UsageError(f"{path}: no [models.<name>] table: declare at least one model (effexport build --init "
                          f"writes an example)")
@@ -195,7 +245,12 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise _refuse(path, text, f"model name {name!r} may use letters, digits, '_', '-' and '.' only", name,
                           "models")
+        if name.startswith(".") or name.lower() in (n.lower() for n in RESERVED_NAMES):
+            raise _refuse(path, text, f"model name {name!r} is not usable: a model's artifacts go to <out>/<name>/, "
+                          f"which must be a folder inside --out that no effexport file uses (not '.', '..', a "
+                          f"hidden name, or {', '.join(RESERVED_NAMES)})", name, "models")
         _check_keys(path, text, model, MODEL_KEYS, table)
+        _check_values(path, text, model, table)
         if "recipe" not in model:
             raise UsageError(f"{path}:{_line_of(text, name, 'models')}: [{table}] has no recipe")
         settings = {**defaults, **model}
@@ -203,7 +258,7 @@ def load_plan(path: Path, out: Path | None = None, force: bool = False) -> Build
             check_recipe_name(settings["recipe"])
         except UsageError as exc:
             raise _refuse(path, text, str(exc), "recipe", table) from None
-        names = settings.get("targets") or ["onnx"]
+        names = settings.get("targets", ["onnx"])
         for target in names:
             if not (ONNX_TARGET.match(target) or target in BACKEND_TARGETS):
                 raise _refuse(path, text, f"[{table}] unknown target {target!r}"
@@ -246,6 +301,43 @@ def _check_keys(path: Path, text: str, table: dict, allowed: tuple[str, ...], wh
     for key in table:
         if key not in allowed:
             raise _refuse(path, text, f"[{where}] unknown key {key!r}{_closest(key, allowed)}", key, where)
+
+
+def _check_values(path: Path, text: str, table: dict, where: str) -> None:
+    """Every value of `table` by type and range, with its line, before anything is resolved or built."""
+    from effexport.workflow.job import ExportOptions
+
+    def check(key: str, value: Any, rules: dict, at: str) -> None:
+        if key not in rules:
+            return
+        expected, ok = rules[key]
+        if not ok(value):
+            raise _refuse(path, text, f"[{at}] {key} = {_toml(value)}: expected {expected.replace('<table>', where)}",
+                          key, at)
+
+    for key, value in table.items():
+        check(key, value, VALUE_RULES, where)
+        if key == "img_size":
+            try:
+                ExportOptions(img_size=value)
+            except UsageError as exc:
+                raise _refuse(path, text, f"[{where}] img_size = {value}: {exc}", key, where) from None
+        if key == "tensorrt":
+            for option, setting in value.items():
+                check(option, setting, TENSORRT_RULES, f"{where}.tensorrt")
+
+
+def _toml(value: Any) -> str:
+    """A value as the build file wrote it (true, "abc", [224]), for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{...}"
+    return str(value)
 
 
 def _relative(root: Path, value: Any) -> Path | None:
@@ -343,8 +435,6 @@ def select(plan: BuildPlan, shard: tuple[int, int] | None = None, only: tuple[st
 
 # ---------------------------------------------------------------------------------------------- building
 
-
-LAYOUTS = ("triton", "ovms")
 
 
 def run_build(plan: BuildPlan, *, fail_fast: bool = False, progress: Progress | None = None,
@@ -704,5 +794,9 @@ def write_init(path: Path) -> Path:
     path = Path(path)
     if path.exists():
         raise UsageError(f"{path} exists; effexport build --init writes a new example only where there is none")
-    write_bytes(path, INIT_EXAMPLE.encode())
+    try:
+        write_bytes(path, INIT_EXAMPLE.encode())
+    except OSError as exc:  # --init has no --out: the way out is another path for the file
+        raise UsageError(f"{path} cannot be written ({exc.strerror or exc}); give --init a path in a folder you can "
+                         f"write: effexport build <folder>/effexport.toml --init") from None
     return path

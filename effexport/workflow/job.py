@@ -32,6 +32,10 @@ TOLERANCE_KEYS = ("max_rel", "min_cosine", "min_top1", "max_abs", "min_label_set
 IO_DEFAULTS = {"output": "logits", "input": "float", "bgr": False}
 
 
+# The largest --img-size: 16 parity inputs at 2048 px are 800 MB of float32 before a single activation.
+MAX_IMG_SIZE = 2048
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """What shapes the ONNX file itself."""
@@ -55,6 +59,10 @@ class ExportOptions:
             raise UsageError("--batch and --dynamic-batch exclude each other")
         if self.img_size is not None and self.img_size < 32:
             raise UsageError(f"--img-size must be at least 32, got {self.img_size}")
+        if self.img_size is not None and self.img_size > MAX_IMG_SIZE:
+            raise UsageError(f"--img-size must be at most {MAX_IMG_SIZE}, got {self.img_size}: the parity and "
+                             f"calibration inputs are float32 batches of 3 x N x N per image (N = 100000 needs 120 GB "
+                             f"for one), and efficient CNNs are trained at 600 px or less")
 
     @property
     def graph_io(self) -> GraphIO:
@@ -238,6 +246,12 @@ def _check_source(path: Path, option: str, arrays: bool) -> None:
     if path.is_file() and not (arrays and path.suffix.lower() in (".npy", ".npz")):
         what = "a folder of images or a .npy/.npz file" if arrays else "a folder of images"
         raise UsageError(f"{option} {path} is a file; it takes {what}")
+    if path.is_dir():
+        from effexport.exporter.inputs import IMAGE_SUFFIXES, image_files  # PIL, not torch
+
+        if not image_files(path):  # refused now, not after the FP32 targets were built
+            raise UsageError(f"{option} {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}, searched "
+                             f"recursively): point {option} at a folder of photographs")
 
 
 def check_output_root(out: Path) -> None:

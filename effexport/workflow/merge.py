@@ -7,6 +7,11 @@ path (also an ONNX file's external-data locations) inside its own tree, every sh
 Two shards that hold the same (model, target) with different files conflict and are refused; the same files are
 taken once. An artifact built or reused in one shard wins over the same target skipped or failed in another (a
 TensorRT target a CPU shard skipped and the GPU job built). Nothing is written until every check has passed.
+
+A merge says what it was given: the shards of an N-shard build that no input covers are named, and refused unless
+`partial=True` (then the manifest records them under `partial`); a folder given twice is read once; an existing
+merged tree at `out` is one of the inputs, so merging more shards into it keeps every entry it had (the union),
+never a silent subset; every artifact's folder must be a model's own (`<model>/...`), never the tree's root.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ class MergeResult:
     artifacts: list[dict[str, Any]]
     copied: int  # files written into the merged tree
     repositories: dict[str, list[Path]]
+    missing_shards: list[str] = field(default_factory=list)  # with partial=True: the shards no input covered
 
 
 def _read(folder: Path) -> dict[str, Any]:
@@ -80,9 +86,23 @@ def _external_data(path: Path) -> list[str]:
     return locations
 
 
+def _artifact_folder(entry: dict[str, Any], what: str) -> None:
+    """A served entry's folder is below its model's folder (`<model>/<recipe folder>/<artifact folder>`), never the
+    root of the tree or another model's, so no shard can put files (its SUMMARY.md, say) where the merge writes."""
+    from effexport.workflow.build import RESERVED_NAMES
+
+    parts = Path(entry["folder"]).parts
+    model = entry["model"]
+    if len(parts) < 2 or parts[0] != model or any(p.startswith(".") for p in parts) \
+            or model.lower() in (n.lower() for n in RESERVED_NAMES):
+        raise UsageError(f"{what}: folder {entry['folder']!r} is not an artifact folder of model {model!r} "
+                         f"(expected {model}/<recipe folder>/<artifact folder>)")
+
+
 def _check(root: Path, entry: dict[str, Any]) -> dict[str, Path]:
     """Every file of a served entry: inside the tree and as its manifest says. Returns name -> source path."""
     what = f"{root / MANIFEST_FILE} {entry['model']} {entry['target']}"
+    _artifact_folder(entry, what)
     folder = _inside(root, entry["folder"], what)
     files = {}
     for name, recorded in entry["files"].items():
@@ -100,12 +120,45 @@ def _check(root: Path, entry: dict[str, Any]) -> dict[str, Path]:
     return files
 
 
-def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = ()) -> MergeResult:
-    """Check every input tree, then write the merged tree and manifest (and the serving repositories asked for)."""
+def _sources(folder: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a manifest was built from: itself (a build or a shard), or the inputs of the merge that wrote it."""
+    if "merged_from" in data:
+        return [dict(m) for m in data["merged_from"]]
+    return [{"path": str(folder), **({"shard": data["shard"]} if "shard" in data else {}),
+             "machine": data["machine"]}]
+
+
+def missing_shards(sources: list[dict[str, Any]]) -> tuple[int, list[str]] | None:
+    """(N, the shards of N no source covers), or None when a full build is among the sources (or none is a shard).
+    Refuses shards of different counts (2/3 with 1/2)."""
+    if not sources or any("shard" not in s for s in sources):
+        return None
+    counts = {int(s["shard"].split("/")[1]) for s in sources}
+    if len(counts) > 1:
+        raise UsageError(f"the outputs are shards of different splits ({', '.join(s['shard'] for s in sources)}); "
+                         f"merge the shards of one --shard I/N build")
+    count = counts.pop()
+    have = {int(s["shard"].split("/")[0]) for s in sources}
+    return count, [f"{i}/{count}" for i in range(1, count + 1) if i not in have]
+
+
+def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = (), partial: bool = False) -> MergeResult:
+    """Check every input tree, then write the merged tree and manifest (and the serving repositories asked for).
+    An existing manifest at `out` is merged too; a merge that lacks shards is refused unless `partial`."""
     if not inputs:
         raise UsageError("effexport merge needs at least one build output folder")
     out = Path(out)
-    manifests = [(Path(folder), _read(folder)) for folder in inputs]
+    folders = list(dict.fromkeys(Path(folder).resolve() for folder in inputs))  # a folder given twice counts once
+    if (out / MANIFEST_FILE).is_file() and out.resolve() not in folders:
+        folders.insert(0, out.resolve())  # merging into a merged tree keeps what it holds: the union, never less
+    manifests = [(folder, _read(folder)) for folder in folders]
+    sources = list({(s["path"], s.get("shard")): s for folder, data in manifests
+                    for s in _sources(folder, data)}.values())
+    lacking = missing_shards(sources)
+    if lacking and lacking[1] and not partial:
+        raise UsageError(f"shard{'s' if len(lacking[1]) > 1 else ''} {', '.join(lacking[1])} of {lacking[0]} "
+                         f"missing: the merged tree would lack their models; give every shard's output, or pass "
+                         f"--partial to merge these (the manifest then says which shards it lacks)")
     build_files = {data["build_file"]["sha256"] for _, data in manifests}
     if len(build_files) > 1:
         raise UsageError("the outputs come from different build files (their manifests' build_file sha256 differ): "
@@ -115,7 +168,8 @@ def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = ()) -> Merge
     for folder, data in manifests:
         for entry in data["artifacts"]:
             key = (entry["model"], entry["target"])
-            entry = {**entry, "built_on": data["machine"], **({"shard": data["shard"]} if "shard" in data else {})}
+            # an entry of a merged tree already says where it was built; a shard's entries learn it here
+            entry = {"built_on": data["machine"], **({"shard": data["shard"]} if "shard" in data else {}), **entry}
             if entry["status"] not in SERVED:
                 others.setdefault(key, entry)
                 continue
@@ -162,8 +216,8 @@ def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = ()) -> Merge
         "seconds": round(sum(d["seconds"] for _, d in manifests), 2),
         "machine": machine(),
         "versions": versions(),
-        "merged_from": [{"path": str(folder), **({"shard": d["shard"]} if "shard" in d else {}),
-                         "machine": d["machine"]} for folder, d in manifests],
+        "merged_from": sources,
+        **({"partial": {"shards": lacking[0], "missing": lacking[1]}} if lacking and lacking[1] else {}),
         "artifacts": artifacts,
     }
     write_json(out / MANIFEST_FILE, merged)
@@ -175,7 +229,8 @@ def merge(inputs: list[Path], out: Path, layouts: tuple[str, ...] = ()) -> Merge
         for layout in layouts:
             writer = repos.write_triton_repository if layout == "triton" else repos.write_ovms_repository
             repositories[layout] = writer(served, out, out / layout)
-    return MergeResult(out, out / MANIFEST_FILE, artifacts, copied, repositories)
+    return MergeResult(out, out / MANIFEST_FILE, artifacts, copied, repositories,
+                       lacking[1] if lacking else [])
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -127,6 +127,23 @@ def test_openvino_nncf_model(fp32):
     assert outputs.shape == (2, 1000)
 
 
+@pytest.mark.openvino
+def test_the_nncf_ir_is_the_same_bytes_whatever_the_process_quantized_before(exported, tmp_path):
+    # NNCF and the converter number the nodes they make from process-global counters; the second of two runs in
+    # one process (a full build's second model) must still write the file the first run (a shard's) wrote.
+    pytest.importorskip("nncf")
+    from effexport.calibration.nncf_ov import quantize_openvino
+
+    inputs = np.random.default_rng(0).normal(0, 1, (4, 3, 64, 64)).astype(np.float32)
+    first, second = tmp_path / "first" / "model_int8.xml", tmp_path / "second" / "model_int8.xml"
+    for xml in (first, second):
+        xml.parent.mkdir()
+        info = quantize_openvino(exported, inputs, [], xml)
+    assert first.read_bytes() == second.read_bytes()
+    assert first.with_suffix(".bin").read_bytes() == second.with_suffix(".bin").read_bytes()
+    assert info["generated_names_renumbered"] > 0
+
+
 def test_every_backend_has_an_int8_form():
     from effexport.calibration.qdq import FORMS
     from effexport.errors import UsageError

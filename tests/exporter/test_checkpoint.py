@@ -320,3 +320,17 @@ def test_rexnet_original_layout(tmp_path):
     assert info["layout"].startswith("rexnet original")
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(model(x), source(x))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(capsys, tmp_path, bad):
+    from tests.test_cli import run
+
+    model, _ = build_model(get_recipe("mobilenetv3_small"), WeightsSpec())
+    state = model.state_dict()
+    state["classifier.weight"][3, 7] = bad  # a damaged checkpoint, or a training run that diverged
+    torch.save(state, tmp_path / "bad.pth")
+    code, _, err = run(["onnx", "mobilenetv3_small", "--img-size", "64", "--weights", str(tmp_path / "bad.pth"),
+                        "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "NaN or infinite weights: classifier.weight (1 of" in err and "bug" not in err

@@ -55,17 +55,38 @@ def test_init_writes_an_example_that_plans_and_refuses_to_overwrite(capsys, tmp_
     ('[models.a]\nrecipe = "rexnet_1.0"\n[models.a.tensorrt]\nmax_bach = 8\n', 4, ["'max_bach'", "'max_batch'"]),
     ('[model.a]\nrecipe = "rexnet_1.0"\n', 1, ["unknown table or key 'model'", "'models'"]),
     ('[models.a]\nrecipe = "rexnet_1.0"\nweights = "missing.pth"\n', 1, ["[models.a]", "missing.pth does not exist"]),
-    ('[models.a]\nrecipe = "rexnet_1.0"\nimg_size = 16\n', 1, ["--img-size must be at least 32"]),
+    ('[models.a]\nrecipe = "rexnet_1.0"\nimg_size = 16\n', 3, ["--img-size must be at least 32"]),
     ('[models.a\nrecipe = 1\n', None, ["not valid TOML"]),
+    # values by type and range, each with its own line
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = "abc"\n', 3, ['img_size = "abc": expected a whole number']),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = 224.5\n', 3, ["img_size = 224.5: expected a whole number"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = [224]\n', 3, ["img_size = [224]: expected a whole number"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nimg_size = 100000\n', 3, ["must be at most 2048", "120 GB"]),
+    ('[defaults]\nimg_size = true\n[models.a]\nrecipe = "mobilenetv3_small"\n', 2, ["[defaults] img_size = true"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\nweights = 5\n', 3, ["weights = 5: expected a path"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ntargets = "onnx"\n', 3, ['targets = "onnx": expected a non-']),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ntargets = []\n', 3, ["targets = []: expected a non-empty list"]),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ncalib_size = 0\n', 3, ["calib_size = 0: expected a whole"]),
+    ('[models.a]\nrecipe = "rexnet_1.0"\n[models.a.tensorrt]\nmax_batch = "8"\n', 4, ['max_batch = "8"']),
+    ('[models.a]\nrecipe = "mobilenetv3_small"\ncalib = "empty"\n', 1, ["--calib", "holds no image files"]),
+    # a model's folder must be inside --out and no file effexport writes there
+    ('[models."."]\nrecipe = "mobilenetv3_small"\n', 1, ["model name '.' is not usable"]),
+    ('[models.".."]\nrecipe = "mobilenetv3_small"\n', 1, ["model name '..' is not usable"]),
+    ('[models.a]\nrecipe = "rexnet_1.0"\n[models."manifest.json"]\nrecipe = "mobilenetv3_small"\n', 3,
+     ["model name 'manifest.json' is not usable"]),
+    ('[models."summary.md"]\nrecipe = "mobilenetv3_small"\n', 1, ["'summary.md' is not usable"]),
+    ('[models.triton]\nrecipe = "mobilenetv3_small"\n', 1, ["'triton' is not usable"]),
+    ('[models.".lock"]\nrecipe = "mobilenetv3_small"\n', 1, ["'.lock' is not usable"]),
 ])
 def test_a_malformed_build_file_is_refused_with_file_line_and_closest_name(capsys, tmp_path, text, line, words):
     path = _write(tmp_path, text)
+    (tmp_path / "empty").mkdir()  # a calibration folder without images
     code, _, err = run(["build", str(path), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "Traceback" not in err
     assert f"{path}:{line}:" in err if line else f"{path}:" in err
     for word in words:
         assert word in err
-    assert not (tmp_path / "out").exists()  # nothing built, nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["effexport.toml", "empty"]  # nothing built or written
 
 
 def test_build_then_reuse_then_rebuild_only_the_model_whose_weights_changed(capsys, tmp_path):
@@ -388,3 +409,83 @@ def test_labels_in_the_defaults_must_match_each_models_class_count(capsys, tmp_p
     ''')
     code, _, err = run(["build", str(path), "--dry-run"], capsys)
     assert code == 2 and "names 3 classes but --num-classes has 4" in err, err
+
+
+@pytest.mark.slow  # four INT8 calibrations: over 2 minutes on 2 loaded cores (the fast check: tests/calibration)
+@pytest.mark.openvino
+def test_int8_openvino_shards_are_byte_identical_to_one_full_build(capsys, tmp_path):
+    # NNCF names the nodes it makes from a counter global to the process: the model a shard builds first would get
+    # other names in model_int8.xml than the same model built second in a full build, unless they are renumbered.
+    path = _write(tmp_path, f'''
+        [defaults]
+        targets = ["openvino-int8"]
+        calib_size = 8
+        [models.a]
+        {SMALL}
+        [models.b]
+        {SMALL}
+    ''')
+    code, _, err = run(["build", str(path), "--out", str(tmp_path / "full")], capsys)
+    assert code == 0, err
+    full = _shas(tmp_path / "full")
+    assert set(full) == {("a", "openvino-int8"), ("b", "openvino-int8")}
+    shards = {}
+    for i in (1, 2):
+        code, _, err = run(["build", str(path), "--shard", f"{i}/2", "--out", str(tmp_path / f"shard{i}")], capsys)
+        assert code == 0, err
+        shards.update(_shas(tmp_path / f"shard{i}"))
+    assert shards == full  # every file of every artifact, sha256 for sha256
+    code, _, err = run(["merge", str(tmp_path / "full"), str(tmp_path / "shard1"), "--out", str(tmp_path / "m")],
+                       capsys)
+    assert code == 0, err  # a shard and a full build of one file agree
+
+
+def test_merge_says_which_shards_are_missing_keeps_the_union_and_refuses_the_root_as_a_folder(capsys, tmp_path):
+    import shutil
+
+    path = _write(tmp_path, f'''
+        [defaults]
+        targets = ["onnx"]
+        [models.a]
+        {SMALL}
+        [models.b]
+        {SMALL}
+    ''')
+    for i in (1, 2):
+        code, _, err = run(["build", str(path), "--shard", f"{i}/2", "--out", str(tmp_path / f"shard{i}")], capsys)
+        assert code == 0, err
+    one, two, out = tmp_path / "shard1", tmp_path / "shard2", tmp_path / "merged"
+
+    def manifest():
+        data = json.loads((out / "manifest.json").read_text())
+        jsonschema.Draft202012Validator(manifest_schema()).validate(data)
+        return data
+
+    for given in ([one], [one, one]):  # a tree that would look complete
+        code, _, err = run(["merge", *map(str, given), "--out", str(out)], capsys)
+        assert code == 2 and "shard 2/2 of 2 missing" in err and "--partial" in err and not out.exists()
+    code, _, err = run(["merge", str(one), str(one), "--out", str(out), "--partial"], capsys)
+    assert code == 0 and "2/2 missing" in err
+    data = manifest()
+    assert data["partial"] == {"shards": 2, "missing": ["2/2"]} and len(data["merged_from"]) == 1
+    assert len(data["artifacts"]) == 1
+
+    code, _, err = run(["merge", str(two), "--out", str(out)], capsys)  # the rest, into the partial tree
+    assert code == 0, err
+    data = manifest()
+    assert "partial" not in data and {a["model"] for a in data["artifacts"]} == {"a", "b"}
+    assert {m["shard"] for m in data["merged_from"]} == {"1/2", "2/2"}
+    code, _, err = run(["merge", str(one), "--out", str(out)], capsys)  # a subset into a complete tree: no shrinking
+    assert code == 0, err
+    assert {a["model"] for a in manifest()["artifacts"]} == {"a", "b"} and "partial" not in manifest()
+
+    rogue = tmp_path / "rogue"
+    shutil.copytree(one, rogue)
+    data = json.loads((rogue / "manifest.json").read_text())
+    data["shard"] = "1/1"
+    summary = rogue / "SUMMARY.md"
+    data["artifacts"][0].update(folder=".", main="SUMMARY.md", files={"SUMMARY.md": {
+        "sha256": sha256_of(summary), "bytes": summary.stat().st_size}})
+    (rogue / "manifest.json").write_text(json.dumps(data))
+    code, _, err = run(["merge", str(rogue), "--out", str(tmp_path / "m2")], capsys)
+    assert code == 2 and "is not an artifact folder of model" in err and not (tmp_path / "m2").exists()
