@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from effexport import printers
-from effexport.errors import EXIT_CODES, EffexportError, ExportError
+from effexport.errors import EXIT_CODES, EffexportError, ExportError, UsageError
 
 app = typer.Typer(
     name="effexport",
@@ -586,15 +586,52 @@ def merge_cmd(
     partial: Annotated[bool, typer.Option(
         "--partial", help="Merge even when some shards of the build are missing; the manifest records which.")]
     = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Then run every artifact of the merged tree against PyTorch from its recorded weights "
+                         "(as effexport reverify); exit 3 when any is outside its tolerance.")] = False,
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", help="With --verify: MODEL=PATH, a model's weights where the manifest's path does not reach "
+                          "(repeatable; refused unless its sha256 is the recorded one).")] = None,
 ) -> None:
     """Combine build outputs from other machines into one tree and one manifest; refuses conflicting artifacts,
     files whose sha256 differs from their manifest, and any path that leads outside its tree."""
     from effexport.backends import parse_list
     from effexport.workflow.build import LAYOUTS
     from effexport.workflow.merge import merge
+    from effexport.workflow.reverify import parse_weights
 
     layouts = tuple(parse_list(",".join(layout), LAYOUTS, "layout")) if layout else ()
+    given = parse_weights(weights)
+    if given and not verify:
+        raise UsageError("merge --weights applies only with --verify")
     printers.print_merge(folders, merge(folders, out, layouts, partial=partial))
+    if verify:
+        _reverify(out, given)
+
+
+def _reverify(tree: Path, weights: dict[str, Path]) -> None:
+    from effexport.workflow.reverify import reverify_tree
+
+    with printers.status(f"re-verifying {tree}") as progress:
+        result = reverify_tree(tree, weights, progress)
+    printers.print_reverify(result)
+    if (error := result.error()) is not None:
+        raise error
+
+
+@app.command("reverify")
+def reverify_cmd(
+    tree: Annotated[Path, typer.Argument(help="A build or merged output folder (with its manifest.json).")],
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", help="MODEL=PATH: a model's weights where the manifest's path does not reach (repeatable; "
+                          "refused unless its sha256 is the one the manifest records).")] = None,
+) -> None:
+    """Run every artifact of a tree, as its files are, against PyTorch from the weights its manifest records, on
+    the parity inputs it was judged on; exit 3 when any is outside its recorded tolerance. It trusts the weights
+    files and this machine's runtimes; nothing in the tree is written."""
+    from effexport.workflow.reverify import parse_weights
+
+    _reverify(tree, parse_weights(weights))
 
 
 # ---------------------------------------------------------------------------------------------- entry point

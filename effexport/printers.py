@@ -432,5 +432,24 @@ def print_merge(folders, result) -> None:
                   highlight=False)
 
 
+def print_reverify(result) -> None:
+    table = Table(title=f"{result.root}: {len(result.rows)} artifacts re-verified as they are in the tree",
+                  title_justify="left")
+    for col in ("model", "target", "status", "artifact", "against PyTorch from", "parity or reason"):
+        table.add_column(col, overflow="fold")
+    colours = {"passed": "green", "failed": "red", "skipped": "yellow"}
+    for r in result.rows:
+        table.add_row(escape(r.model), escape(r.target), f"[{colours[r.status]}]{r.status}[/]", escape(r.path),
+                      escape(r.weights or "-"), escape(r.message))
+    console.print(table)
+    skipped = [r for r in result.rows if r.status == "skipped"]
+    if skipped:
+        warn(f"{len(skipped)} artifact{'s' if len(skipped) > 1 else ''} not re-verified here (skipped is not passed)")
+    if not result.failed:
+        console.print(f"{sum(r.status == 'passed' for r in result.rows)} artifacts compute the function of their "
+                      f"weights within tolerance on the parity inputs (this trusts the weights files and this "
+                      f"machine's runtimes)", markup=False)
+
+
 def print_error(message: str) -> None:
     err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -595,7 +595,24 @@ def _entry(target: Target, record: dict[str, Any], out: Path) -> dict[str, Any]:
                                               "top1_agreement", "top5_agreement", "tolerance", "passed", "enforced")
                    if k in parity},
         "execution": report.get("execution"),
+        "job": job_record(target.job),
     }
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """What `effexport reverify` needs to rebuild the PyTorch reference of an entry: the weights (absolute path),
+    the recipe's options, the graph's ends and the parity images. Paths are absolute; `--weights MODEL=PATH`
+    points a reverify elsewhere when the tree moved to another machine."""
+    def text(path: Path | None) -> str | None:
+        return None if path is None else str(Path(path).resolve())
+
+    params = job.params
+    return {"weights": text(job.weights.path), "pretrained": job.weights.pretrained, "ema": job.weights.use_ema,
+            "img_size": job.export.img_size, "opset": job.export.opset, "output": job.export.output,
+            "input": job.export.input, "bgr": job.export.bgr, "num_classes": job.num_classes,
+            "images": text(job.images),
+            "params": {"width": params.width, "resolution": params.resolution, "budget_mflops": params.budget_mflops,
+                       "query_table": text(params.query_table), "calib": text(params.calib)}}
 
 
 def dry_run(plan: BuildPlan) -> list[tuple[Target, str, str]]:
