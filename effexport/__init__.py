@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from effexport.workflow.deploy import Artifact
     from effexport.workflow.export import OnnxResult
     from effexport.workflow.job import Job
+    from effexport.workflow.reverify import ReverifyResult
     from effexport.workflow.verify import VerifyResult
 
 from effexport.version import __version__
 
-__all__ = ["__version__", "bench", "build", "build_backend", "calibrate", "export_onnx", "verify"]
+__all__ = ["__version__", "bench", "build", "build_backend", "calibrate", "export_onnx", "reverify", "verify"]
 
 StrPath = str | PathLike[str]
 Progress = Callable[[str], None]  # called with each stage's description
@@ -232,6 +233,20 @@ def build(build_file: StrPath = "effexport.toml", *, out: StrPath | None = None,
     if dry_run:
         return plan_only(plan)
     result = run_build(plan, fail_fast=fail_fast, progress=progress, layouts=tuple(layouts))
+    if check and (error := result.error()) is not None:
+        raise error
+    return result
+
+
+def reverify(tree: StrPath, *, weights: Mapping[str, StrPath] | None = None, check: bool = True,
+             progress: Progress | None = None) -> ReverifyResult:
+    """`effexport reverify`: run every built or reused artifact of a build or merged tree, as its files are, against
+    PyTorch from the weights its manifest records (`weights`: model -> path where the recorded one does not reach;
+    refused unless its sha256 is the recorded one). With `check`, any artifact outside its recorded tolerance raises
+    ParityError; otherwise inspect `result.failed`. It trusts the weights files and this machine's runtimes."""
+    from effexport.workflow.reverify import reverify_tree
+
+    result = reverify_tree(Path(tree), {k: Path(v) for k, v in (weights or {}).items()}, progress)
     if check and (error := result.error()) is not None:
         raise error
     return result

@@ -13,6 +13,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import effexport
+from effexport.errors import ParityError
 from effexport.exporter.artifacts import sha256_of
 from effexport.workflow.build import manifest_schema
 from tests.test_cli import run
@@ -102,6 +104,12 @@ def test_an_edited_artifact_with_a_rewritten_sha256_merges_but_fails_reverify(ca
 
     code, _, err = run(["merge", str(tree), "--out", str(tmp_path / "merged"), "--verify"], capsys)
     assert code == 3 and edited in err
+
+    result = effexport.reverify(tree, check=False)  # the Python API: the same rows, no exception
+    assert [(r.target, r.status) for r in result.rows] == [("onnx", "failed"), ("openvino-fp32", "passed")]
+    assert result.rows[0].parity.max_rel > 1 and result.rows[1].parity.max_rel < 1e-4
+    with pytest.raises(ParityError):
+        effexport.reverify(tree)
 
 
 def test_weights_whose_sha256_differs_are_refused(capsys, shard, tmp_path):
