@@ -308,14 +308,14 @@ def _pipeline_graph(raw, dest, dynamic: bool) -> onnx.ModelProto:
     return model
 
 
-# The default run exports every fast family with a static batch and three of them (a plain CNN, SAME padding, a
-# slimmable point) with a dynamic one as well; `-m slow` runs every family both ways.
-DYNAMIC_DEFAULT = ("rexnet_1.0", "tf_efficientnet_b0", "mutualnet_mobilenet_v2")
+# The default run exports four families (a plain CNN, SAME padding, a slimmable point, a generic timm model) both
+# ways; TResNet's custom op has its own fast test above; `-m slow` runs every family both ways.
+DEFAULT_FAMILIES = ("rexnet_1.0", "tf_efficientnet_b0", "mutualnet_mobilenet_v2", "timm:resnet18")
 
 
 @pytest.mark.parametrize(("name", "dynamic"), [
     pytest.param(n, dynamic, id=f"{n}-{'dynamic' if dynamic else 'static'}",
-                 marks=[pytest.mark.slow] if slow or (dynamic and n not in DYNAMIC_DEFAULT) else [])
+                 marks=[pytest.mark.slow] if slow or n not in DEFAULT_FAMILIES else [])
     for n, slow in FAMILIES for dynamic in (False, True)])
 def test_every_family_exports_through_torch_export(tmp_path, name, dynamic):
     model, sample, x, ref = _prepared(name)

@@ -141,7 +141,8 @@ def _backends(case, checkpoints, calib, tmp_path) -> dict:
     return found
 
 
-@pytest.mark.openvino
+@pytest.mark.slow  # about 30 s (INT8 tuning runs for a checkpoint); the default run builds an 80-class head's INT8
+@pytest.mark.openvino  # forms in test_outputs_inputs.py
 def test_a_ten_class_rexnet_builds_openvino_fp32_and_int8(checkpoints, calib, tmp_path):
     parity = _backends("rexnet-10-timm", checkpoints, calib, tmp_path)
     assert parity["fp32"]["max_rel"] <= 1e-4 and parity["int8"]["min_cosine"] >= 0.9
