@@ -63,3 +63,18 @@ def test_an_unknown_exporter_is_refused_before_any_work(tmp_path, capsys):
     code, _, err = run(["onnx", *SMALL, "--exporter", "tracing", "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "unknown exporter 'tracing'" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.openvino
+def test_int8_forms_build_from_a_torch_export_graph(tmp_path, capsys):
+    """The rest of the chain takes the torch.export graph: the Q/DQ forms (TensorRT's rules checked) and NNCF's."""
+    pytest.importorskip("nncf")
+    out = tmp_path / "out"
+    code, _, err = run(["calibrate", *SMALL, "--opset", "18", "--calib-size", "8", "--out", str(out)], capsys)
+    assert code == 0, err
+    source = json.loads((out / "mobilenetv3_small" / "onnx-dynamic-64px-opset18" / "report.json").read_text())
+    assert source["exporter"] == "dynamo"
+    (folder,) = (out / "mobilenetv3_small").glob("int8-*")
+    manifest = json.loads((folder / "calibration.json").read_text())
+    assert manifest["qdq_check"]["passed"] and sorted(manifest["forms"]) == ["openvino", "ort_cpu", "qdq"]
+    assert all(manifest["parity"][form]["min_cosine"] > 0.99 for form in manifest["forms"])
