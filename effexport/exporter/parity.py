@@ -47,8 +47,12 @@ POLICY: dict[str, Tolerance] = {
     "int8": Tolerance(min_cosine=0.99, min_top1=0.95),
 }
 # Multi-label heads are judged on what they are for: the probabilities and the set of labels at the 0.5 threshold
-# (top-1 means nothing when several labels are right). FP32 must match to float rounding; a label set may flip only
-# where a probability sits within rounding of 0.5, hence not 100%.
+# (top-1 means nothing when several labels are right). A label whose reference probability lies within the allowed
+# probability error (max_abs) of the threshold is undecided: a candidate inside the tolerance may put it on either
+# side, so it does not count against the label set (label_sets). Seen without that band: OpenVINO FP16 of a random
+# 80-class sigmoid head on an Intel Xeon with AMX and AVX-512 FP16, max probability error 2.6e-4, flipped labels
+# sitting within 2.6e-4 of 0.5 in 7 of 16 inputs (same label set 56%). Not 100% even so: a decided label may still
+# flip where the error reaches the band.
 LABEL_SET_POLICY: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_label_set=0.9, rule=LABEL_SET_RULE),
     "fp16": Tolerance(max_abs=5e-3, min_label_set=0.9, rule=LABEL_SET_RULE),
@@ -83,19 +87,21 @@ class ParityReport:
     rule: str = TOP_K_RULE  # which rule judged: top-k, or label-set@0.5 for multi-label heads
     label_set_agreement: float | None = None  # fraction of samples with the identical label set at 0.5
     mean_jaccard: float | None = None  # mean intersection-over-union of the label sets (1 where both are empty)
+    undecided_labels: float | None = None  # share of (input, label) pairs within the band around 0.5, not judged
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tolerance"] = self.tolerance.thresholds()
         d["failures"] = list(self.failures)
         if self.rule == TOP_K_RULE:
-            del d["label_set_agreement"], d["mean_jaccard"]
+            del d["label_set_agreement"], d["mean_jaccard"], d["undecided_labels"]
         return d
 
     def summary(self) -> str:
         if self.rule == LABEL_SET_RULE:
             return (f"{self.rule}: same label set {self.label_set_agreement:.1%}, Jaccard {self.mean_jaccard:.4f}, "
-                    f"max probability error {self.max_abs:.2e} over {self.samples} inputs")
+                    f"max probability error {self.max_abs:.2e} over {self.samples} inputs "
+                    f"({self.undecided_labels:.2%} of labels within the tolerance of {LABEL_THRESHOLD}: undecided)")
         return (f"max abs {self.max_abs:.2e}, rel {self.max_rel:.2e}, cosine {self.min_cosine:.6f}, "
                 f"top-1 {self.top1_agreement:.1%}, top-5 {self.top5_agreement:.1%} over {self.samples} inputs")
 
@@ -119,9 +125,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) 
     top5_cand = np.argsort(-cand, axis=1)[:, :k]
     top5 = float((top5_cand == top1_ref[:, None]).any(axis=1).mean())
 
-    label_set = jaccard = None
+    label_set = jaccard = undecided = None
     if tolerance.rule == LABEL_SET_RULE:
-        label_set, jaccard = label_sets(ref, cand)
+        label_set, jaccard, undecided = label_sets(ref, cand, band=tolerance.max_abs or 0.0)
     failures = [] if finite else ["candidate output has NaN or Inf"]
     failures += recheck({"max_rel": max_rel, "min_cosine": float(cosine.min()), "top1_agreement": top1,
                          "max_abs": max_abs, "label_set_agreement": label_set}, tolerance)
@@ -139,17 +145,22 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) 
         rule=tolerance.rule,
         label_set_agreement=label_set,
         mean_jaccard=jaccard,
+        undecided_labels=undecided,
     )
 
 
-def label_sets(reference: np.ndarray, candidate: np.ndarray, threshold: float = LABEL_THRESHOLD) -> tuple[float, float]:
+def label_sets(reference: np.ndarray, candidate: np.ndarray, threshold: float = LABEL_THRESHOLD,
+               band: float = 0.0) -> tuple[float, float, float]:
     """Of per-class probabilities: the fraction of samples whose label sets (probability >= threshold) are
-    identical, and the mean Jaccard index of the sets (1 for two empty sets)."""
+    identical on the decided labels, the mean Jaccard index of the whole sets (1 for two empty sets), and the share
+    of (sample, label) pairs left undecided. A label is undecided where the reference probability is within `band`
+    (the tolerance's max_abs) of the threshold: either side is then inside the tolerance."""
     ref, cand = reference >= threshold, candidate >= threshold
-    same = float((ref == cand).all(axis=1).mean())
+    decided = np.abs(reference - threshold) > band
+    same = float(((ref == cand) | ~decided).all(axis=1).mean())
     union = (ref | cand).sum(axis=1)
     jaccard = np.where(union > 0, (ref & cand).sum(axis=1) / np.maximum(union, 1), 1.0)
-    return same, float(jaccard.mean())
+    return same, float(jaccard.mean()), float((~decided).mean())
 
 
 def recheck(recorded: dict, tolerance: Tolerance) -> list[str]:

@@ -95,3 +95,22 @@ def test_label_set_rule_passes_close_probabilities_and_fails_a_flipped_label():
     assert any("label set" in f for f in report.failures)
     assert recheck(report.to_dict(), tol) == list(report.failures)
     assert report.to_dict()["rule"] == LABEL_SET_RULE
+
+
+def test_a_label_within_the_tolerance_of_the_threshold_is_undecided_and_does_not_fail_the_set():
+    # a random sigmoid head sits near 0.5: a candidate inside the probability tolerance may put such labels on either
+    # side of the threshold, which says nothing of the artifact; a decided label that flips still fails
+    ref = np.full((10, 4), 0.9, np.float32)
+    ref[:, 0] = 0.5001
+    tol = tolerance_for("fp16", rule=LABEL_SET_RULE)  # max_abs 5e-3
+    near = ref.copy()
+    near[:, 0] = 0.4999  # every input's label 0 crosses 0.5 by 2e-4
+    report = compare(ref, near, tol)
+    assert report.passed and report.label_set_agreement == 1.0 and report.undecided_labels == 0.25
+    assert report.mean_jaccard < 1.0  # the raw sets do differ, and that is recorded
+    assert "undecided" in report.summary() and report.to_dict()["undecided_labels"] == 0.25
+    decided = ref.copy()
+    decided[:2, 1] = 0.1  # a label at 0.9 dropped in 2 of 10 inputs: outside the tolerance, and a changed set
+    report = compare(ref, decided, tol)
+    assert not report.passed and report.label_set_agreement == 0.8
+    assert any("label set" in f for f in report.failures) and any("probability error" in f for f in report.failures)
