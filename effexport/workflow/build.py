@@ -591,7 +591,7 @@ def _entry(target: Target, record: dict[str, Any], out: Path) -> dict[str, Any]:
         "fingerprint": report.get("fingerprint"),
         "exporter": record["io"].get("exporter"),
         "options": record["options"],
-        "parity": {k: parity.get(k) for k in ("samples", "max_abs", "max_rel", "min_cosine", "mean_cosine",
+        "parity": {k: parity.get(k) for k in ("inputs", "samples", "max_abs", "max_rel", "min_cosine", "mean_cosine",
                                               "top1_agreement", "top5_agreement", "tolerance", "passed", "enforced")
                    if k in parity},
         "execution": report.get("execution"),
@@ -606,13 +606,17 @@ def job_record(job: Job) -> dict[str, Any]:
     def text(path: Path | None) -> str | None:
         return None if path is None else str(Path(path).resolve())
 
-    params = job.params
+    params, cal = job.params, job.calibration
     return {"weights": text(job.weights.path), "pretrained": job.weights.pretrained, "ema": job.weights.use_ema,
             "img_size": job.export.img_size, "opset": job.export.opset, "output": job.export.output,
             "input": job.export.input, "bgr": job.export.bgr, "num_classes": job.num_classes,
             "images": text(job.images),
             "params": {"width": params.width, "resolution": params.resolution, "budget_mflops": params.budget_mflops,
-                       "query_table": text(params.query_table), "calib": text(params.calib)}}
+                       "query_table": text(params.query_table), "calib": text(params.calib)},
+            # the calibration whose data decides which photographs INT8 was judged on (the held-out ones it did not see)
+            "calibration": {"source": text(cal.source), "method": cal.method, "calib_size": cal.calib_size,
+                            "seed": cal.seed, "percentile": cal.percentile, "views": cal.views,
+                            "heldout": text(cal.heldout)}}
 
 
 def dry_run(plan: BuildPlan) -> list[tuple[Target, str, str]]:

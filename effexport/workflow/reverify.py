@@ -5,6 +5,10 @@ neither notices a shard whose file was edited and whose manifest was rewritten t
 built or reused entry it rebuilds the PyTorch model from the weights the manifest names (refusing a weights file
 whose sha256 differs from the recorded one), runs it on the same parity inputs the artifact was judged on, opens
 the artifact file in the tree with its backend's runner, and compares under the tolerance the entry records.
+INT8 entries are judged on the photographs their calibration did not see, as the build judged them: the calibration
+data the manifest's job names is read again (only to know which photographs it holds), the held-out photographs are
+chosen from that as at build time, and the rebuilt set must be the one recorded (its description and count), else
+the row fails: the calibration folder or the held-out photographs changed since.
 
 What it proves: the artifact bytes in the tree compute the function of those weights, within the recorded
 tolerance, on the parity inputs, on this machine's runtimes. What it does not: it trusts the weights file (a
@@ -95,6 +99,15 @@ def _weights(entry: dict[str, Any], given: Path | None) -> tuple[Path | None, st
     return path, f"{path} (sha256 {actual[:16]}... as recorded)"
 
 
+def _calibration(job: dict[str, Any]):
+    from effexport.calibration.options import Int8Options
+
+    cal = job.get("calibration") or {}
+    paths = {k: Path(cal[k]) if cal.get(k) else None for k in ("source", "heldout")}
+    return Int8Options(method=cal.get("method", "minmax"), calib_size=cal.get("calib_size"), seed=cal.get("seed", 0),
+                       percentile=cal.get("percentile", 99.999), views=cal.get("views", True), **paths)
+
+
 def _job(entry: dict[str, Any], weights: Path | None, out: Path) -> Job:
     job = entry["job"]
     params = job.get("params") or {}
@@ -108,19 +121,35 @@ def _job(entry: dict[str, Any], weights: Path | None, out: Path) -> Job:
                              bgr=bool(job.get("bgr"))),
         params=RecipeParams(width=params.get("width"), resolution=params.get("resolution"),
                             budget_mflops=params.get("budget_mflops"), **paths),
-        images=Path(job["images"]) if job.get("images") else None, out=out, num_classes=job.get("num_classes"))
+        images=Path(job["images"]) if job.get("images") else None, out=out, num_classes=job.get("num_classes"),
+        calibration=_calibration(job))
 
 
-def _reference(job: Job) -> tuple[Any, Any]:
-    """PyTorch FP32 on the parity inputs every FP32/FP16 artifact of the job was judged on (workflow.reference)."""
+def _parity_inputs(job: Job, precision: str) -> tuple[Any, str]:
+    """The inputs an artifact of `precision` was judged on, and their description: the parity set (workflow.
+    reference), or for INT8 the photographs its calibration did not see (calibration.heldout.int8_parity_inputs)."""
+    if precision != "int8":
+        from effexport.exporter.inputs import parity_inputs
+
+        return parity_inputs(job.preprocess, images_dir=job.images)
+    from effexport.calibration.data import load_calibration
+    from effexport.calibration.heldout import int8_parity_inputs
+
+    cal = job.calibration
+    data = load_calibration(cal.source, job.preprocess, cal.calib_size, cal.seed, cal.views)
+    photos = int8_parity_inputs(job.preprocess, job.images, data.manifest(), cal.heldout)
+    return photos.inputs, photos.description
+
+
+def _reference(job: Job, precision: str) -> tuple[Any, Any, str]:
+    """PyTorch FP32 on the inputs the artifacts of `precision` were judged on, and their description."""
     from effexport.exporter.graph_io import wrap
-    from effexport.exporter.inputs import parity_inputs
     from effexport.workflow.export import build_model, run_torch
 
-    inputs, _ = parity_inputs(job.preprocess, images_dir=job.images)
+    inputs, described = _parity_inputs(job, precision)
     inputs = job.export.graph_io.encode(inputs, job.preprocess)
     model, _ = build_model(job.recipe, job.weights, job.num_classes)
-    return inputs, run_torch(wrap(model, job.export.graph_io, job.preprocess), inputs)
+    return inputs, run_torch(wrap(model, job.export.graph_io, job.preprocess), inputs), described
 
 
 def _tolerance(entry: dict[str, Any], job: Job) -> Tolerance:
@@ -155,7 +184,7 @@ def reverify_tree(root: Path, weights: Mapping[str, Path] | None = None,
     if unknown:
         raise UsageError(f"--weights names {', '.join(unknown)}, which {root / MANIFEST_FILE} does not hold")
     result = ReverifyResult(root)
-    references: dict[str, tuple[Any, Any]] = {}
+    references: dict[str, tuple[Any, Any, str]] = {}
     with tempfile.TemporaryDirectory(prefix="effexport-reverify-") as scratch:
         for entry in entries:
             path = f"{entry['folder']}/{entry['main']}"
@@ -164,8 +193,8 @@ def reverify_tree(root: Path, weights: Mapping[str, Path] | None = None,
             if "job" not in entry:
                 row.message = "the manifest does not record its job (built by an older effexport): rebuild it"
                 continue
-            if entry["precision"] == "int8":
-                row.message = "INT8 is judged on held-out photographs chosen by its calibration; not re-verified yet"
+            if entry["precision"] == "int8" and "calibration" not in entry["job"]:
+                row.message = "the manifest does not record the INT8 calibration (built by an older effexport)"
                 continue
             found = get_backend(entry["backend"]).probe()
             if not found.available:
@@ -178,12 +207,22 @@ def reverify_tree(root: Path, weights: Mapping[str, Path] | None = None,
                 row.status, row.message = "failed", str(exc)
                 continue
             job = _job(entry, file, Path(scratch))
-            key = repr((entry["model"], entry["job"], str(file)))
+            kind = "int8" if entry["precision"] == "int8" else "parity"
+            key = repr((entry["model"], entry["job"], str(file), kind))
             if key not in references:
                 if progress:
-                    progress(f"{entry['model']}: the PyTorch reference")
-                references[key] = _reference(job)
-            inputs, outputs = references[key]
+                    progress(f"{entry['model']}: the PyTorch reference" + (" on the INT8 held-out photographs"
+                                                                           if kind == "int8" else ""))
+                references[key] = _reference(job, entry["precision"])
+            inputs, outputs, described = references[key]
+            recorded = entry.get("parity") or {}
+            if kind == "int8" and (recorded.get("samples") not in (None, len(inputs))
+                                   or recorded.get("inputs") not in (None, described)):
+                row.status = "failed"
+                row.message = (f"the INT8 parity inputs rebuilt here ({described}) are not those the artifact was "
+                               f"judged on ({recorded.get('inputs') or recorded.get('samples')}): the calibration data "
+                               f"or the held-out photographs changed since the build")
+                continue
             if progress:
                 progress(f"{entry['model']}: {entry['target']} ({path})")
             try:
@@ -193,6 +232,9 @@ def reverify_tree(root: Path, weights: Mapping[str, Path] | None = None,
                 row.parity = compare(outputs, candidate, _tolerance(entry, job))
             except (EffexportError, ValueError, RuntimeError) as exc:
                 row.status, row.message = "failed", f"{type(exc).__name__}: {exc}"
+                continue
+            if recorded.get("enforced") is False:  # INT8 of random weights: the build recorded it, judged nothing
+                row.message = f"not judged (random weights, as at build time): {row.parity.summary()}"
                 continue
             row.status = "passed" if row.parity.passed else "failed"
             row.message = row.parity.summary() if row.parity.passed else "; ".join(row.parity.failures)

@@ -118,3 +118,58 @@ def test_weights_whose_sha256_differs_are_refused(capsys, shard, tmp_path):
     assert code == 2 and "sha256" in err and "not the weights this artifact was built from" in err
     code, _, err = run(["reverify", str(shard / "out"), "--weights", f"nosuch={other}"], capsys)
     assert code == 2 and "nosuch" in err
+
+
+def test_an_int8_tree_reverifies_on_its_held_out_photographs_and_catches_an_edited_int8_model(capsys, shard, tmp_path):
+    """INT8 entries are judged as the build judged them: on the photographs the calibration did not see, rebuilt from
+    the calibration the manifest's job records. An INT8 model whose weights were scaled, with its manifest sha256
+    rewritten, fails; so does a tree whose calibration folder changed since (other held-out photographs)."""
+    from effexport.workflow.build import load_plan, run_build
+    from tests.calibration.conftest import write_images
+
+    calib = tmp_path / "calib"
+    write_images(calib, 4)
+    build_file = tmp_path / "effexport.toml"
+    build_file.write_text(textwrap.dedent(f'''\
+        [models.mnv3]
+        recipe = "mobilenetv3_small"
+        img_size = 64
+        weights = "{shard / 'mnv3.pth'}"
+        targets = ["onnxruntime-int8"]
+        calib = "{calib}"
+        tolerance = ["int8:min_top1=0", "int8:min_cosine=0.9"]
+    '''))
+    result = run_build(load_plan(build_file, out=tmp_path / "out"))
+    assert not result.failed, [r.message for r in result.results]
+    tree = tmp_path / "out"
+    entry = next(a for a in _manifest(tree)["artifacts"] if a["target"] == "onnxruntime-int8")
+    assert entry["job"]["calibration"]["source"] == str(calib.resolve())
+    assert "held-out photographs" in entry["parity"]["inputs"]
+
+    reverified = effexport.reverify(tree)
+    row = next(r for r in reverified.rows if r.target == "onnxruntime-int8")
+    assert row.status == "passed", row.message
+    assert row.parity.samples == entry["parity"]["samples"]
+    assert row.parity.min_cosine == pytest.approx(entry["parity"]["min_cosine"], abs=1e-6)  # the same judgement
+
+    edited = tree / entry["folder"] / entry["main"]
+    model = onnx.load(str(edited))
+    weights = max((t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8),
+                  key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(weights)
+    weights.CopyFrom(numpy_helper.from_array((-array.astype(np.int16)).clip(-127, 127).astype(np.int8),
+                                             weights.name))  # the largest INT8 weight tensor, negated
+    onnx.save(model, str(edited))
+    data = _manifest(tree)
+    manifest_entry = next(a for a in data["artifacts"] if a["target"] == "onnxruntime-int8")
+    manifest_entry["files"][entry["main"]] = {"sha256": sha256_of(edited), "bytes": edited.stat().st_size}
+    (tree / "manifest.json").write_text(json.dumps(data, indent=2))
+    code, out, err = run(["reverify", str(tree)], capsys)
+    assert code == 3 and f"{entry['folder']}/{entry['main']}" in err, (out, err)
+
+    from effexport.calibration.heldout import photo_paths
+
+    shutil.copy(photo_paths()[0], calib / "now-calibrated.jpg")  # a held-out photograph joins the calibration folder
+    result = effexport.reverify(tree, check=False)
+    row = next(r for r in result.rows if r.target == "onnxruntime-int8")
+    assert row.status == "failed" and "changed since the build" in row.message, row.message
