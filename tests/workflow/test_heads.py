@@ -44,10 +44,26 @@ def _ours(recipe: str, classes: int) -> dict:
     return build_model(get_recipe(recipe), WeightsSpec(), num_classes=classes)[0].state_dict()
 
 
+# A random US-Net whose BatchNorm is re-estimated (as every exported point is) is chaotic: noise of 0.4% of the
+# input's std moved its logits to cosine 0.94, 1% to 0.86 (width 1.0 and 0.7, 64 px), so INT8 of it measured that,
+# not the export (cosine 0.69 to 0.75, whatever the class count). A trained network is not: the trained Lite0's INT8
+# forms keep cosine 0.99 on photographs. The checkpoint written here therefore starts each residual block's last
+# BatchNorm at a tenth of its random scale, as zero-initialised residual branches start training: the same noise
+# then gave cosine 0.994 and 0.973, and NNCF's INT8 of it 0.953 on the held-out photographs (0.3 of the scale: 0.991,
+# 0.966 and INT8 0.86; measured 2026-12-06, Intel Xeon with AMX).
+RESIDUAL_SCALE = 0.1
+
+
 def _mutualnet(classes: int) -> dict:
+    from effexport.recipes._slimmable import InvertedResidual
+
     torch.manual_seed(1)
     model = mobilenet_v2(classes).eval()
     randomize_batchnorm(model, seed=2)
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, InvertedResidual) and block.residual:
+                block.body[-1].weight.mul_(RESIDUAL_SCALE)
     return original_layout(model)
 
 
@@ -117,16 +133,16 @@ def test_a_fine_tuned_head_exports_with_its_class_count(case, checkpoints, tmp_p
     print(case, "onnxruntime", report["parity"]["onnxruntime"]["max_rel"])
 
 
-# The random slimmable network, its BatchNorm re-estimated on 8 photographs at 64 px, came out of NNCF at cosine 0.75
-# (measured 2026-12-04): recorded, not judged, until a trained US-Net checkpoint is at hand.
-RECORDED_ONLY = {"mutualnet_v2-100-original": ["int8:min_top1=0", "int8:min_cosine=0"]}
 
 
 def _backends(case, checkpoints, calib, tmp_path) -> dict:
     pytest.importorskip("nncf")
     _, classes, _, _, _ = CASES[case]
-    ctx = open_context(_job(case, checkpoints(case), tmp_path, calibration=Int8Options(source=calib, calib_size=4),
-                            tolerances=RECORDED_ONLY.get(case, RANDOM_INT8)))
+    # a slimmable net's BatchNorm is re-estimated on the calibration images: on 4 synthetic pictures it is no network
+    # for photographs, so it gets the built-in photographs (what it gets without --calib)
+    source = None if CASES[case][0].startswith("mutualnet") else calib
+    ctx = open_context(_job(case, checkpoints(case), tmp_path, calibration=Int8Options(source=source, calib_size=4),
+                            tolerances=RANDOM_INT8))
     found = {}
     for precision in ("fp32", "int8"):
         artifact = ensure_artifact(ctx, "openvino", precision)
