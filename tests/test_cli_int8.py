@@ -199,3 +199,29 @@ def test_calibrate_warns_when_int8_parity_ran_on_the_calibration_photographs(cap
     assert code == 0, err
     assert "which were also the calibration data" in " ".join(stdout.split())
     assert "INT8 parity was measured on the calibration photographs themselves" in err
+
+def test_calibrate_of_a_fine_tuned_head_judges_int8_on_your_held_out_photographs(capsys, tmp_path, calib):
+    """--heldout end to end: a 12-class checkpoint calibrated on --calib, its INT8 forms judged on the user's own
+    photographs (which the manifest names as the judging set), with no note recommending --heldout."""
+    import torch
+
+    from effexport.recipes import get_recipe
+    from effexport.workflow.export import build_model
+    from effexport.workflow.job import WeightsSpec
+    from tests.calibration.conftest import write_images
+
+    model, _ = build_model(get_recipe(RECIPE), WeightsSpec(), num_classes=12)  # random, non-trivial BatchNorm
+    torch.save(model.state_dict(), tmp_path / "twelve.pth")
+    held = tmp_path / "mine"
+    write_images(held, 5, seed=21)
+    code, stdout, err = run(["calibrate", RECIPE, "--img-size", "64", "--weights", str(tmp_path / "twelve.pth"),
+                             "--calib", str(calib), "--heldout", str(held), "--no-openvino",
+                             "--tolerance", "int8:min_top1=0", "--tolerance", "int8:min_cosine=0.9",
+                             "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    (manifest_path,) = (tmp_path / "out").rglob("calibration.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["parity_inputs"]["kind"] == "user-heldout" and manifest["parity_inputs"]["count"] == 5
+    assert str(held) in manifest["parity_inputs"]["description"]
+    assert "heldout_note" not in manifest and "--heldout" not in err
+    assert all(p["samples"] == 5 for p in manifest["parity"].values())

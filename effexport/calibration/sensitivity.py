@@ -77,6 +77,15 @@ class Verdict:
     passed: bool
 
 
+def confident_rows(reference: np.ndarray) -> np.ndarray:
+    """The rows whose FP32 top-1 softmax probability is at least CONFIDENT (all rows when fewer than MIN_CONFIDENT
+    are): where top-1 agreement measures the model, not a near-tie."""
+    logits = reference.reshape(len(reference), -1).astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    confident = (probs / probs.sum(1, keepdims=True)).max(1) >= CONFIDENT
+    return confident if confident.sum() >= MIN_CONFIDENT else np.ones(len(logits), bool)
+
+
 @dataclass
 class TuningSet:
     """The calibration inputs a form is judged on before the gate, with FP32's outputs on them."""
@@ -86,10 +95,7 @@ class TuningSet:
     target: Tolerance
 
     def __post_init__(self):
-        logits = self.reference.reshape(len(self.reference), -1).astype(np.float64)
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        confident = (probs / probs.sum(1, keepdims=True)).max(1) >= CONFIDENT
-        self.confident = confident if confident.sum() >= MIN_CONFIDENT else np.ones(len(logits), bool)
+        self.confident = confident_rows(self.reference)
 
     @property
     def reachable(self) -> bool:

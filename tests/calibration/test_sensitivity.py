@@ -220,3 +220,29 @@ def test_a_form_slower_than_fp32_is_named_with_the_faster_precision():
     (warning,) = int8.slower_warnings(manifest)
     assert "ort_cpu" in warning and "5.00 ms" in warning and "4.00 ms" in warning and "serve FP32 on onnxruntime" \
         in warning and "Some CPU" in warning
+
+
+def test_the_heldout_margin_is_a_share_of_the_gates_error_budget_and_a_thin_pass_is_warned():
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((40, 10)) * 0.5
+    reference[np.arange(40), rng.integers(0, 10, 40)] += 6.0  # FP32 confident on every input
+    gate = tolerance_for("int8")  # min cosine 0.99, top-1 95%
+    close = int8.heldout_margin(reference, reference + rng.standard_normal(reference.shape) * 0.01, gate)
+    assert close["min_cosine_target"] == pytest.approx(0.993) and close["top1_confident_target"] == pytest.approx(0.97)
+    assert close["met"] and close["confident_views"] == 40
+    # inside the gate (cosine >= 0.99) but not the margin (0.993)
+    noise = rng.standard_normal(reference.shape)
+    unit = noise - (noise * reference).sum(1, keepdims=True) / (reference ** 2).sum(1, keepdims=True) * reference
+    unit *= np.linalg.norm(reference, axis=1, keepdims=True) / np.linalg.norm(unit, axis=1, keepdims=True)
+    thin = reference + unit * np.tan(np.arccos(0.9915))  # cosine exactly 0.9915 on every input
+    standing = int8.heldout_margin(reference, thin, gate)
+    assert standing["min_cosine"] == pytest.approx(0.9915, abs=1e-4) and not standing["met"]
+    manifest = {"weights": "trained", "parity_inputs": {"description": "126 views of 42 held-out photographs"},
+                "parity": {"ort_cpu": {"passed": True}, "openvino": {"passed": True}},
+                "margin": {"ort_cpu": standing, "openvino": close}}
+    (warning,) = int8.margin_warnings(manifest)
+    assert "ort_cpu" in warning and "0.9915" in warning and "0.993" in warning and "--calib" in warning
+    assert not int8.margin_warnings({**manifest, "weights": "random"})  # random weights are judged by nothing
+    from effexport.exporter.io_spec import LABEL_SET_RULE
+
+    assert int8.heldout_margin(reference, thin, tolerance_for("int8", rule=LABEL_SET_RULE)) is None
