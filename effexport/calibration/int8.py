@@ -147,8 +147,9 @@ def heldout_margin(reference: np.ndarray, outputs: np.ndarray, tolerance: Tolera
 def margin_warnings(manifest: dict) -> list[str]:
     """One line for each form that passed the gate without the margin on the held-out photographs."""
     return [f"INT8 ({form}) passes the gate without a margin on {manifest['parity_inputs']['description']}: min "
-            f"cosine {m['min_cosine']:.4f} (margin target {m['min_cosine_target']:.3f}), top-1 {m['top1_confident']:.1%}"
-            f" on the {m['confident_views']} views where FP32 is confident (target {m['top1_confident_target']:.0%}); "
+            f"cosine {m['min_cosine']:.4f} (margin target {m['min_cosine_target']:.3f}), top-1 "
+            f"{m['top1_confident']:.1%} on the {m['confident_views']} views where FP32 is confident (target "
+            f"{m['top1_confident_target']:.0%}); "
             f"another CPU or photograph may put it outside: consider --calib with your own images"
             for form, m in (manifest.get("margin") or {}).items()
             if m and not m["met"] and manifest.get("parity", {}).get(form, {}).get("passed")
@@ -488,7 +489,7 @@ def _recheck(dest: Path, manifest: dict, enforced: set[str], tolerance: Toleranc
 def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, cpu: dict, images: Path | None,
                  random_weights: bool) -> str:
     key = {"cache": cache_key_, "openvino": openvino,
-           **({"openvino_names": "generated names in graph order"} if openvino else {}),
+           **({"openvino_names": "generated names in graph order", "openvino_ranges": "minmax"} if openvino else {}),
            "rules": [asdict(r) for r in rules],
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
            "parity_images": images_key(images),
