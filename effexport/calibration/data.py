@@ -250,10 +250,10 @@ def _load_array(path: Path) -> np.ndarray:
 
 def _from_array(path: Path, pp: Preprocess, size: int | None, seed: int) -> CalibrationData:
     array = _load_array(path)
-    expected = (3, *pp.crop_size)
+    expected = (pp.channels, *pp.crop_size)
     if array.ndim == 3:
         array = array[None]
-    if array.ndim == 4 and array.shape[1] == 3 and tuple(array.shape[2:]) != pp.crop_size:
+    if array.ndim == 4 and array.shape[1] == pp.channels and tuple(array.shape[2:]) != pp.crop_size:
         # Never resized: scaling an already cropped and normalized array is not the recipe's preprocessing at this size.
         (h, w), (want_h, want_w) = array.shape[2:], pp.crop_size
         raise UsageError(f"{path} holds inputs preprocessed at {h}x{w}, but the model takes {want_h}x{want_w} (its "

@@ -40,8 +40,8 @@ class RawInput(nn.Module):
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"RawInput takes NCHW or NHWC, not {layout!r}")
         self.model, self.layout, self.bgr = model, layout, bgr
-        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, len(std), 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, len(mean), 1, 1)
         # (x / 255 - mean) / std as x * scale + shift: one Mul and one Add
         self.register_buffer("scale", 1.0 / (255.0 * std_t))
         self.register_buffer("shift", -mean_t / std_t)

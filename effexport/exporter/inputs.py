@@ -31,7 +31,7 @@ def make_transform(pp: Preprocess):
     """timm's eval transform for `pp` (resize short side, center crop, to tensor, normalize)."""
     from timm.data import create_transform
 
-    return create_transform(input_size=(3, *pp.crop_size), interpolation=pp.interpolation, mean=pp.mean,
+    return create_transform(input_size=(pp.channels, *pp.crop_size), interpolation=pp.interpolation, mean=pp.mean,
                             std=pp.std, crop_pct=pp.crop_pct, crop_mode="center", is_training=False)
 
 
@@ -39,7 +39,7 @@ def _make_uint8_transform(pp: Preprocess):
     """The same transform up to the uint8 CHW crop (timm's prefetcher form, which leaves out to-float/normalize)."""
     from timm.data import create_transform
 
-    return create_transform(input_size=(3, *pp.crop_size), interpolation=pp.interpolation, mean=pp.mean,
+    return create_transform(input_size=(pp.channels, *pp.crop_size), interpolation=pp.interpolation, mean=pp.mean,
                             std=pp.std, crop_pct=pp.crop_pct, crop_mode="center", is_training=False,
                             use_prefetcher=True)
 
@@ -49,14 +49,15 @@ def preprocess_images(images: list[Image.Image], pp: Preprocess) -> np.ndarray:
     normalization (timm's ToTensor and Normalize, the same float32 arithmetic) run in NumPy over the whole batch:
     on a 224x224 image torch's multi-threaded versions took 25 ms each here, 50 times the single-threaded cost."""
     if not images:
-        return np.zeros((0, 3, *pp.crop_size), dtype=np.float32)
+        return np.zeros((0, pp.channels, *pp.crop_size), dtype=np.float32)
+    convert = to_rgb if pp.channels == 3 else to_grey
     if pp.timm_transform:
         transform = _make_uint8_transform(pp)
-        pixels = np.stack([transform(to_rgb(im)).numpy() for im in images])
+        pixels = np.stack([np.asarray(transform(convert(im))).reshape(pp.channels, *pp.crop_size) for im in images])
     else:
-        pixels = np.stack([resize_crop(to_rgb(im), pp) for im in images])
-    mean = np.asarray(pp.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pp.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        pixels = np.stack([resize_crop(convert(im), pp) for im in images])
+    mean = np.asarray(pp.mean, dtype=np.float32).reshape(1, pp.channels, 1, 1)
+    std = np.asarray(pp.std, dtype=np.float32).reshape(1, pp.channels, 1, 1)
     return np.ascontiguousarray((pixels.astype(np.float32) / np.float32(255) - mean) / std)
 
 
@@ -74,7 +75,8 @@ def resize_crop(image: Image.Image, pp: Preprocess) -> np.ndarray:
     size = pp.resize
     new_w = size if width == short else int(round(width * size / short))
     new_h = size if height == short else int(round(height * size / short))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy())[None]
+    array = np.asarray(image, dtype=np.float32)
+    x = torch.from_numpy((array[:, :, None] if array.ndim == 2 else array).transpose(2, 0, 1).copy())[None]
     mode = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}.get(pp.interpolation, "bilinear")
     extra = {} if mode == "nearest" else {"align_corners": False, "antialias": pp.antialias}
     resized = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode=mode, **extra)[0]
@@ -116,6 +118,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "F":  # float greyscale (TIFF): values beyond 0..255 are clipped, as Pillow does
         return Image.fromarray(np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8), "L").convert("RGB")
     return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def to_grey(im: Image.Image) -> Image.Image:
+    """8-bit luminance for a grey-scale model: the RGB image (to_rgb: 16-bit scaled, alpha dropped) through
+    Pillow's ITU-R 601-2 transform (L = 0.299 R + 0.587 G + 0.114 B); a grey image keeps its values."""
+    return im if im.mode == "L" else to_rgb(im).convert("L")
 
 
 def read_images(paths: list[Path], root: Path | None = None) -> ImageSet:

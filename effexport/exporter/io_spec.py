@@ -73,14 +73,14 @@ class GraphIO:
 
     def input_shape(self, pp: Preprocess) -> tuple[int, int, int]:
         h, w = pp.crop_size
-        return (h, w, 3) if self.layout == "NHWC" else (3, h, w)
+        return (h, w, pp.channels) if self.layout == "NHWC" else (pp.channels, h, w)
 
     def encode(self, inputs: np.ndarray, pp: Preprocess) -> np.ndarray:
         """Float NCHW inputs of the recipe's preprocessing -> what this graph takes (unchanged for float input)."""
         if not self.raw:
             return inputs
-        mean = np.asarray(pp.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(pp.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        mean = np.asarray(pp.mean, dtype=np.float32).reshape(1, pp.channels, 1, 1)
+        std = np.asarray(pp.std, dtype=np.float32).reshape(1, pp.channels, 1, 1)
         pixels = np.clip(np.rint((inputs * std + mean) * np.float32(255)), 0, 255).astype(np.uint8)
         if self.bgr:
             pixels = pixels[:, ::-1]
@@ -91,13 +91,15 @@ class GraphIO:
     def client_contract(self, pp: Preprocess) -> dict:
         """What a client must send, for the ONNX metadata (`effexport.input`), the report and the README."""
         h, w = pp.crop_size
+        c = pp.channels
         if not self.raw:
-            return {"dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, h, w], "channel_order": "RGB",
+            return {"dtype": "float32", "layout": "NCHW", "shape": ["batch", c, h, w],
+                    "channel_order": "RGB" if c == 3 else "grey",
                     "client": f"resize the short side to {pp.resize} ({pp.interpolation}), center-crop {h}x{w}, "
                               f"scale to [0, 1], normalize (x - mean) / std with mean {list(pp.mean)} and std "
                               f"{list(pp.std)}, NCHW float32"}
-        order = "BGR" if self.bgr else "RGB"
-        shape = ["batch", h, w, 3] if self.layout == "NHWC" else ["batch", 3, h, w]
+        order = "grey" if c == 1 else "BGR" if self.bgr else "RGB"
+        shape = ["batch", h, w, c] if self.layout == "NHWC" else ["batch", c, h, w]
         return {"dtype": "uint8", "layout": self.layout, "shape": shape, "channel_order": order,
                 "client": f"decode to {order} uint8, resize the short side to {pp.resize} ({pp.interpolation}), "
                           f"center-crop {h}x{w}, send the bytes as {self.layout} uint8; no scaling or normalization "

@@ -47,6 +47,21 @@ class Preprocess:
         """Whether timm's own eval transform computes this preprocessing."""
         return self.resize_size is None and self.antialias
 
+    @property
+    def channels(self) -> int:
+        """Input channels: 3 (RGB), or 1 for a grey-scale model (one mean and one std)."""
+        return len(self.mean)
+
+    def grey(self) -> Preprocess:
+        """The same transform for a grey-scale model: photographs become 8-bit luminance (Pillow's ITU-R 601-2
+        `convert("L")`), normalized by the mean of the RGB means and stds. timm has no grey-scale convention of its
+        own (its `--mean`/`--std` repeat one value over the channels), and the average is what a luminance image
+        has under RGB statistics."""
+        if self.channels == 1:
+            return self
+        return replace(self, mean=(round(sum(self.mean) / len(self.mean), 4),),
+                       std=(round(sum(self.std) / len(self.std), 4),))
+
     def at(self, size: int) -> Preprocess:
         """The same transform at crop `size` (an explicit resize keeps its margin over the crop)."""
         resize = None if self.resize_size is None else size + self.resize_size - min(self.crop_size)

@@ -100,9 +100,12 @@ class Recipe:
     int8_keep_float: tuple[KeepFloat, ...] = ()
     num_classes: int = 1000  # the classifier's width when neither a checkpoint nor --num-classes says otherwise
 
+    # whether `build` takes `in_chans` (timm's models): a grey-scale checkpoint then gets a 1-channel model
+    takes_in_chans: bool = False
+
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return (3, *self.preprocess.crop_size)
+        return (self.preprocess.channels, *self.preprocess.crop_size)
 
 
 _RECIPES: dict[str, Recipe] = {}

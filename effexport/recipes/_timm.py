@@ -16,14 +16,17 @@ log = logging.getLogger(__name__)
 
 
 def build_timm(timm_name: str, pretrained: bool, num_classes: int | None = None, *,
-               model_kwargs: dict[str, Any] | None = None, pretrained_tag: str | None = None):
-    """Build `timm_name` in eval mode, with `num_classes` outputs (None: timm's default); with `pretrained`, ask
-    timm for its weights (needs the network)."""
+               model_kwargs: dict[str, Any] | None = None, pretrained_tag: str | None = None,
+               in_chans: int | None = None):
+    """Build `timm_name` in eval mode, with `num_classes` outputs (None: timm's default) over `in_chans` input
+    channels (None: 3); with `pretrained`, ask timm for its weights (needs the network)."""
     import timm
 
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
     name = f"{timm_name}.{pretrained_tag}" if pretrained and pretrained_tag else timm_name
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs).eval()
@@ -124,6 +127,7 @@ def register_timm(
         heavy=heavy,
         notes=notes,
         int8_keep_float=int8_keep_float,
+        takes_in_chans=True,
     ))
 
 

@@ -39,6 +39,7 @@ def generic_timm_recipe(timm_name: str) -> Recipe:
         generic=True,
         strict_graph=False,
         num_classes=_default_classes(arch, tag or None),
+        takes_in_chans=True,
         notes="no family-specific recipe exists for this model: only the generic rewrites are applied, and "
               "graph checks (no BatchNormalization/Identity/shape arithmetic) are reported, not enforced",
     )

@@ -11,7 +11,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from importlib import metadata
@@ -120,6 +120,22 @@ def finalize_images(source: Path | None, pp: Preprocess, *, at_most: int) -> Cal
     return data
 
 
+def grey_scale_recipe(recipe: Recipe, weights: Path, use_ema: bool = False) -> Recipe:
+    """The recipe for a grey-scale checkpoint (its first convolution over one image channel) of a family whose
+    builder takes `in_chans` (timm's): a 1-channel model, photographs as 8-bit luminance (Preprocess.grey).
+    `recipe` itself for an RGB checkpoint, and for any other, which build_model then refuses naming both counts."""
+    if not recipe.takes_in_chans:
+        return recipe
+    sd = read_state_dict(weights, use_ema=use_ema)
+    head = model_head(build_on_meta(partial(build_recipe, recipe)))
+    found = checkpoint_in_chans(head, sd)
+    if found is None or head.in_chans is None or found == head.in_chans:
+        return recipe
+    grey = replace(recipe, preprocess=recipe.preprocess.grey(), build=partial(recipe.build, in_chans=1))
+    grey_head = model_head(build_on_meta(partial(build_recipe, grey)))  # TResNet: 16 after its space-to-depth
+    return grey if found == grey_head.in_chans else recipe
+
+
 def checkpoint_num_classes(recipe: Recipe, sd: dict, num_classes: int | None, what: str) -> int | None:
     """The class count a checkpoint's classifier has (found on a meta-device build of the recipe), checked against
     `num_classes` (--num-classes) when given; refuses a first convolution over another number of input channels."""
@@ -131,10 +147,13 @@ def checkpoint_num_classes(recipe: Recipe, sd: dict, num_classes: int | None, wh
                               f"give --num-classes {found}, or the checkpoint trained for {num_classes} classes")
     in_chans = checkpoint_in_chans(head, sd)
     if in_chans is not None and head.in_chans is not None and in_chans != head.in_chans:
+        grey = ("; grey-scale checkpoints are read for the families timm builds" if not recipe.takes_in_chans
+                else "")
         raise CheckpointError(f"{what}'s first convolution ({head.first_conv}) takes {in_chans} input channels, "
-                              f"{recipe.name}'s takes {head.in_chans}: effexport exports models of 3-channel RGB "
-                              f"images (preprocessing, parity and calibration photographs), so a model trained on "
-                              f"other inputs (grey-scale, extra bands) cannot be exported")
+                              f"{recipe.name}'s takes {head.in_chans}: effexport exports models of 3-channel RGB or "
+                              f"1-channel grey-scale photographs (preprocessing, parity and calibration images are "
+                              f"photographs), so a model trained on other inputs (extra bands) cannot be "
+                              f"exported{grey}")
     return found if found is not None else num_classes
 
 
@@ -189,7 +208,7 @@ def prepare(job: Job, progress: Progress | None = None) -> PreparedModel:
     reference = run_torch(wrap(model, io, pp), graph_inputs)
     labels = model_labels(job, reference.shape[1])
     params = count_params(model)
-    macs = count_macs(model, (3, *pp.crop_size))
+    macs = count_macs(model, (pp.channels, *pp.crop_size))
     say("applying deploy rewrites")
     model, records = apply_rewrites(model, recipe.rewrites, torch.from_numpy(inputs[:2]))
     return PreparedModel(recipe, wrap(model, io, pp), pp, winfo, records, params, macs, graph_inputs, described,

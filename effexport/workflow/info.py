@@ -54,7 +54,7 @@ def recipe_info(name: str, img_size: int | None = None, params: RecipeParams | N
     pp = recipe.preprocess.at(img_size) if img_size else recipe.preprocess
     model = build_on_meta(partial(build_recipe, recipe, num_classes=num_classes))
     with torch.no_grad():
-        out = model(torch.zeros(1, 3, *pp.crop_size, device="meta"))
+        out = model(torch.zeros(1, pp.channels, *pp.crop_size, device="meta"))
     return {
         "name": recipe.name,
         "family": recipe.family,
@@ -63,9 +63,9 @@ def recipe_info(name: str, img_size: int | None = None, params: RecipeParams | N
         "paper": recipe.paper,
         "generic": recipe.generic,
         "params": count_params(model),
-        "macs": count_macs(model, (3, *pp.crop_size)),
+        "macs": count_macs(model, (pp.channels, *pp.crop_size)),
         "macs_note": "multiply-accumulates of one image, what this field's papers call FLOPs",
-        "input": {"name": INPUT_NAME, "shape": [1, 3, *pp.crop_size], "dtype": "float32", "layout": "NCHW"},
+        "input": {"name": INPUT_NAME, "shape": [1, pp.channels, *pp.crop_size], "dtype": "float32", "layout": "NCHW"},
         "output": {"name": OUTPUT_NAME, "shape": list(out.shape)},
         "num_classes": int(out.shape[1]),
         "labels": "ImageNet-1k (timm's class descriptions)" if out.shape[1] == IMAGENET_CLASSES else

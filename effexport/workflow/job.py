@@ -194,6 +194,12 @@ def resolve_job(name: str, *, weights: Path | None = None, pretrained: bool = Fa
     recipe = configure(get_recipe(name), params, img_size=export.img_size)
     if weights is not None:
         recipe = weights_preprocess(recipe, weights, export.img_size)
+        from effexport.workflow.export import grey_scale_recipe  # reads the checkpoint (torch), for timm families
+
+        recipe = grey_scale_recipe(recipe, weights, use_ema=ema)
+    if recipe.preprocess.channels == 1 and export.bgr:
+        raise UsageError(f"--bgr names a channel order, and {recipe.name} from {weights.name} is a grey-scale model "
+                         f"(one input channel): leave --bgr out")
     if pretrained and num_classes is not None and num_classes != recipe.num_classes:
         raise UsageError(f"--pretrained gives {recipe.name}'s {recipe.num_classes}-class head, not {num_classes} "
                          f"classes; pass your fine-tuned checkpoint with --weights PATH")
