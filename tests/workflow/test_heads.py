@@ -178,13 +178,14 @@ def test_a_checkpoint_that_disagrees_with_num_classes_is_refused_naming_both(che
         export_recipe(job)
 
 
-def test_a_checkpoint_over_other_input_channels_is_refused_clearly(tmp_path):
+def test_a_checkpoint_over_extra_bands_is_refused_clearly(tmp_path):
     import timm
 
-    path = tmp_path / "grey.pth"
-    torch.save(timm.create_model("rexnet_100", num_classes=10, in_chans=1).state_dict(), path)
-    with pytest.raises(CheckpointError, match="takes 1 input channels, rexnet_1.0's takes 3"):
-        build_model(get_recipe("rexnet_1.0"), WeightsSpec(path=path))
+    path = tmp_path / "rgbn.pth"  # RGB + near infrared: no photograph has four channels (grey-scale: test_grey_scale)
+    torch.save(timm.create_model("rexnet_100", num_classes=10, in_chans=4).state_dict(), path)
+    job = resolve_job("rexnet_1.0", weights=path, export=SMALL, out=tmp_path)
+    with pytest.raises(CheckpointError, match="takes 4 input channels, rexnet_1.0's takes 3.*extra bands"):
+        export_recipe(job)
 
 
 def test_num_classes_with_random_weights_changes_the_export_and_its_identity(tmp_path):
