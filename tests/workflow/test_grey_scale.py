@@ -25,8 +25,8 @@ def _grey_checkpoint(path, timm_name, classes):
     return path
 
 
-@pytest.mark.parametrize(("recipe", "timm_name", "first_conv_in"), [("rexnet_1.0", "rexnet_100", 1),
-                                                                    ("tresnet_m", "tresnet_m", 16)])
+@pytest.mark.parametrize(("recipe", "timm_name", "first_conv_in"), [
+    ("rexnet_1.0", "rexnet_100", 1), pytest.param("tresnet_m", "tresnet_m", 16, marks=pytest.mark.slow)])
 def test_a_grey_scale_checkpoint_exports_a_one_channel_model(tmp_path, recipe, timm_name, first_conv_in):
     path = _grey_checkpoint(tmp_path / "grey.pth", timm_name, 10)
     job = resolve_job(recipe, weights=path, export=ExportOptions(img_size=64), out=tmp_path)
