@@ -494,7 +494,7 @@ def _fingerprint(cache_key_: str, openvino: bool, rules, options: Int8Options, c
            "forms": [asdict(f) for f in qdq.forms_for(cpu).values()], "cpu": cpu,
            "parity_images": images_key(images),
            "heldout": heldout_digest(), "random_weights": random_weights, "versions": tool_versions(),
-           "tuning": None if random_weights else {"inputs": sensitivity.TUNING_INPUTS,
+           "tuning": None if random_weights else {"inputs": sensitivity.TUNING_INPUTS, "multi_label": "label sets",
                                                   "ranking": sensitivity.RANKING_INPUTS,
                                                   "max_float_share": sensitivity.MAX_FLOAT_SHARE}}
     return key_digest(key)

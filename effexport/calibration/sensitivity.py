@@ -41,6 +41,7 @@ import onnx
 
 from effexport.backends import run_in_batches
 from effexport.calibration.qdq import WEIGHTED_OPS, FloatLayer
+from effexport.exporter.io_spec import LABEL_SET_RULE
 from effexport.exporter.parity import Tolerance, compare
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,11 @@ class LayerScore:
 
 def tuning_target(tolerance: Tolerance) -> Tolerance:
     """The gate's tolerance with a margin: on the tuning set a form may use COSINE_MARGIN of the cosine error
-    budget (min cosine 0.995 for the gate's 0.99), since it is less faithful on photographs calibration never saw."""
+    budget (min cosine 0.995 for the gate's 0.99), since it is less faithful on photographs calibration never saw.
+    A multi-label head (the label-set rule) is tuned by its own measures: the same share of the probability error
+    (max_abs 0.05 for the gate's 0.1), and the label-set agreement the gate asks for."""
+    if tolerance.rule == LABEL_SET_RULE and tolerance.max_abs is not None:
+        return replace(tolerance, max_abs=tolerance.max_abs * COSINE_MARGIN)
     if tolerance.min_cosine is None:
         return tolerance
     return replace(tolerance, min_cosine=1.0 - (1.0 - tolerance.min_cosine) * COSINE_MARGIN)
@@ -71,7 +76,8 @@ def tuning_target(tolerance: Tolerance) -> Tolerance:
 
 @dataclass(frozen=True)
 class Verdict:
-    top1_agreement: float  # on the confident inputs (all, when fewer than MIN_CONFIDENT are)
+    top1_agreement: float  # on the confident inputs (all, when fewer than MIN_CONFIDENT are); label-set agreement
+    # for a multi-label head
     min_cosine: float
     mean_cosine: float
     passed: bool
@@ -103,6 +109,9 @@ class TuningSet:
         return (self.target.min_cosine or 0.0) <= 1.0 and (self.target.min_top1 or 0.0) <= 1.0
 
     def judge(self, outputs: np.ndarray) -> Verdict:
+        if self.target.rule == LABEL_SET_RULE:  # sigmoid outputs: the label sets at 0.5 and the probability error
+            report = compare(self.reference, outputs, self.target)
+            return Verdict(report.label_set_agreement, report.min_cosine, report.mean_cosine, report.passed)
         cosine = compare(self.reference, outputs, Tolerance(min_cosine=self.target.min_cosine))
         agree = self.reference.reshape(len(outputs), -1).argmax(1) == outputs.reshape(len(outputs), -1).argmax(1)
         top1 = float(agree[self.confident].mean())

@@ -246,3 +246,25 @@ def test_the_heldout_margin_is_a_share_of_the_gates_error_budget_and_a_thin_pass
     from effexport.exporter.io_spec import LABEL_SET_RULE
 
     assert int8.heldout_margin(reference, thin, tolerance_for("int8", rule=LABEL_SET_RULE)) is None
+
+
+def test_a_multi_label_head_is_tuned_by_label_sets_and_probability_error():
+    """Sigmoid outputs: top-1 says nothing, so the tuning set judges them as the gate does (label-set@0.5), with half
+    the gate's probability error as the margin."""
+    from effexport.exporter.io_spec import LABEL_SET_RULE
+
+    gate = tolerance_for("int8", rule=LABEL_SET_RULE)
+    target = sensitivity.tuning_target(gate)
+    assert target.rule == LABEL_SET_RULE and target.max_abs == pytest.approx(gate.max_abs / 2)
+    assert target.min_label_set == gate.min_label_set
+    rng = np.random.default_rng(3)
+    reference = rng.choice([0.05, 0.95], size=(20, 8))  # decided labels, far from 0.5
+    tuning_set = sensitivity.TuningSet(reference, reference, target)
+    close = tuning_set.judge(reference + 0.02)
+    assert close.passed and close.top1_agreement == 1.0
+    wide = tuning_set.judge(np.clip(reference + 0.07, 0, 1))  # inside the gate's 0.1, outside the tuning margin
+    assert not wide.passed
+    flipped = reference.copy()
+    flipped[:6, 0] = 1.0 - flipped[:6, 0]  # 6 of 20 inputs change a label set: 70% < 80%
+    verdict = tuning_set.judge(flipped)
+    assert verdict.top1_agreement == pytest.approx(0.7) and not verdict.passed
