@@ -126,16 +126,17 @@ def int8_parity(reference: np.ndarray, candidate_path: Path, inputs: np.ndarray,
 MARGIN_SHARE = {"min_cosine": 0.7, "top1_confident": 0.6}
 
 
-def heldout_margin(reference: np.ndarray, outputs: np.ndarray, tolerance: Tolerance) -> dict | None:
-    """The form's standing against the gate with a margin (MARGIN_SHARE) on the INT8 parity inputs, or None where
-    the rule has no cosine (the label-set rule of multi-label heads)."""
+def heldout_margin(reference: np.ndarray, outputs: np.ndarray, parity: ParityReport) -> dict | None:
+    """The form's standing against the gate with a margin (MARGIN_SHARE) on the INT8 parity inputs, from the gate's
+    own report (its min cosine) and top-1 on the confident views; None where the rule has no cosine (the label-set
+    rule of multi-label heads)."""
+    tolerance = parity.tolerance
     if tolerance.min_cosine is None:
         return None
-    ref = reference.reshape(len(reference), -1).astype(np.float64)
-    out = outputs.reshape(len(outputs), -1).astype(np.float64)
+    ref = reference.reshape(len(reference), -1)
     confident = sensitivity.confident_rows(ref)
-    cosine = compare(reference, outputs, Tolerance(min_cosine=tolerance.min_cosine)).min_cosine
-    top1 = float((ref.argmax(1) == out.argmax(1))[confident].mean())
+    cosine = parity.min_cosine
+    top1 = float((ref.argmax(1) == outputs.reshape(len(outputs), -1).argmax(1))[confident].mean())
     want_cos = 1.0 - (1.0 - tolerance.min_cosine) * MARGIN_SHARE["min_cosine"]
     want_top1 = 1.0 - (1.0 - (tolerance.min_top1 or 0.0)) * MARGIN_SHARE["top1_confident"]
     return {"min_cosine": round(cosine, 5), "min_cosine_target": round(want_cos, 5),
@@ -257,8 +258,9 @@ def ensure_int8(recipe: Recipe, fp32: Path, pp: Preprocess, options: Int8Options
         manifest["forms"] = forms
         say("checking INT8 parity")
         outputs = {name: run_model(staging.path / f["file"], photos.inputs) for name, f in forms.items()}
-        manifest["parity"] = {name: compare(reference, y, tolerance).to_dict() for name, y in outputs.items()}
-        margins = {name: heldout_margin(reference, y, tolerance) for name, y in outputs.items()}
+        reports = {name: compare(reference, y, tolerance) for name, y in outputs.items()}
+        manifest["parity"] = {name: report.to_dict() for name, report in reports.items()}
+        margins = {name: heldout_margin(reference, outputs[name], report) for name, report in reports.items()}
         if any(margins.values()):
             manifest["margin"] = margins
         manifest["parity_judged"] = not random_weights

@@ -13,7 +13,7 @@ from effexport.backends.tensorrt_qdq import check_tensorrt_qdq
 from effexport.calibration import int8, qdq, sensitivity
 from effexport.calibration.options import Int8Options
 from effexport.calibration.qdq import FloatLayer
-from effexport.exporter.parity import Tolerance, tolerance_for
+from effexport.exporter.parity import Tolerance, compare, tolerance_for
 from effexport.recipes import FIRST_CONV, KeepFloat, get_recipe
 from tests.calibration.conftest import RECIPE
 from tests.calibration.test_int8 import PP
@@ -227,7 +227,10 @@ def test_the_heldout_margin_is_a_share_of_the_gates_error_budget_and_a_thin_pass
     reference = rng.standard_normal((40, 10)) * 0.5
     reference[np.arange(40), rng.integers(0, 10, 40)] += 6.0  # FP32 confident on every input
     gate = tolerance_for("int8")  # min cosine 0.99, top-1 95%
-    close = int8.heldout_margin(reference, reference + rng.standard_normal(reference.shape) * 0.01, gate)
+    def margin(candidate, tolerance=gate):
+        return int8.heldout_margin(reference, candidate, compare(reference, candidate, tolerance))
+
+    close = margin(reference + rng.standard_normal(reference.shape) * 0.01)
     assert close["min_cosine_target"] == pytest.approx(0.993) and close["top1_confident_target"] == pytest.approx(0.97)
     assert close["met"] and close["confident_views"] == 40
     # inside the gate (cosine >= 0.99) but not the margin (0.993)
@@ -235,7 +238,7 @@ def test_the_heldout_margin_is_a_share_of_the_gates_error_budget_and_a_thin_pass
     unit = noise - (noise * reference).sum(1, keepdims=True) / (reference ** 2).sum(1, keepdims=True) * reference
     unit *= np.linalg.norm(reference, axis=1, keepdims=True) / np.linalg.norm(unit, axis=1, keepdims=True)
     thin = reference + unit * np.tan(np.arccos(0.9915))  # cosine exactly 0.9915 on every input
-    standing = int8.heldout_margin(reference, thin, gate)
+    standing = margin(thin)
     assert standing["min_cosine"] == pytest.approx(0.9915, abs=1e-4) and not standing["met"]
     manifest = {"weights": "trained", "parity_inputs": {"description": "126 views of 42 held-out photographs"},
                 "parity": {"ort_cpu": {"passed": True}, "openvino": {"passed": True}},
@@ -245,7 +248,7 @@ def test_the_heldout_margin_is_a_share_of_the_gates_error_budget_and_a_thin_pass
     assert not int8.margin_warnings({**manifest, "weights": "random"})  # random weights are judged by nothing
     from effexport.exporter.io_spec import LABEL_SET_RULE
 
-    assert int8.heldout_margin(reference, thin, tolerance_for("int8", rule=LABEL_SET_RULE)) is None
+    assert margin(thin, tolerance_for("int8", rule=LABEL_SET_RULE)) is None
 
 
 def test_a_multi_label_head_is_tuned_by_label_sets_and_probability_error():
