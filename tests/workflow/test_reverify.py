@@ -124,17 +124,22 @@ def test_an_int8_tree_reverifies_on_its_held_out_photographs_and_catches_an_edit
     """INT8 entries are judged as the build judged them: on the photographs the calibration did not see, rebuilt from
     the calibration the manifest's job records. An INT8 model whose weights were scaled, with its manifest sha256
     rewritten, fails; so does a tree whose calibration folder changed since (other held-out photographs)."""
+    from effexport.recipes import get_recipe
     from effexport.workflow.build import load_plan, run_build
+    from effexport.workflow.export import build_model
+    from effexport.workflow.job import WeightsSpec
     from tests.calibration.conftest import write_images
 
     calib = tmp_path / "calib"
     write_images(calib, 4)
+    head, _ = build_model(get_recipe("mobilenetv3_small"), WeightsSpec(), num_classes=10)  # a fine-tuned 10-class head
+    torch.save(head.state_dict(), tmp_path / "ten.pth")
     build_file = tmp_path / "effexport.toml"
     build_file.write_text(textwrap.dedent(f'''\
         [models.mnv3]
         recipe = "mobilenetv3_small"
         img_size = 64
-        weights = "{shard / 'mnv3.pth'}"
+        weights = "{tmp_path / 'ten.pth'}"
         targets = ["onnxruntime-int8"]
         calib = "{calib}"
         tolerance = ["int8:min_top1=0", "int8:min_cosine=0.9"]
@@ -143,7 +148,7 @@ def test_an_int8_tree_reverifies_on_its_held_out_photographs_and_catches_an_edit
     assert not result.failed, [r.message for r in result.results]
     tree = tmp_path / "out"
     entry = next(a for a in _manifest(tree)["artifacts"] if a["target"] == "onnxruntime-int8")
-    assert entry["job"]["calibration"]["source"] == str(calib.resolve())
+    assert entry["job"]["calibration"]["source"] == str(calib.resolve()) and entry["num_classes"] == 10
     assert "held-out photographs" in entry["parity"]["inputs"]
 
     reverified = effexport.reverify(tree)
