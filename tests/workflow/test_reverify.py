@@ -122,7 +122,7 @@ def test_weights_whose_sha256_differs_are_refused(capsys, shard, tmp_path):
 
 def test_an_int8_tree_reverifies_on_its_held_out_photographs_and_catches_an_edited_int8_model(capsys, shard, tmp_path):
     """INT8 entries are judged as the build judged them: on the photographs the calibration did not see, rebuilt from
-    the calibration the manifest's job records. An INT8 model whose weights were scaled, with its manifest sha256
+    the calibration the manifest's job records. An INT8 model whose largest weight tensor was negated, with its manifest sha256
     rewritten, fails; so does a tree whose calibration folder changed since (other held-out photographs)."""
     from effexport.recipes import get_recipe
     from effexport.workflow.build import load_plan, run_build
